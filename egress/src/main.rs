@@ -1,0 +1,5 @@
+//! `strait-egress`: the command line over the shared engine.
+
+fn main() -> std::process::ExitCode {
+    strait::cli::main(strait::config::Role::Egress)
+}

@@ -1,0 +1,116 @@
+//! The command line both binaries share: run, `check`, `certs`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::certs::{KeyType, ReferenceOptions};
+use crate::config::{Config, Role};
+
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, env = "STRAIT_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Log level or filter, e.g. `debug` or `info,strait::access=warn`.
+    #[arg(long, env = "STRAIT_LOG", default_value = "info", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration: syntax, fields, files, PEM, key/certificate pairs,
+    /// route and listener references. Exits non-zero with the first problem.
+    Check,
+    /// Write the reference certificates (root -> intermediate -> server and client
+    /// certificates for HOST, plus a mesh CA with SPIFFE workload certificates) in
+    /// Kubernetes Secret layout.
+    Certs(CertsArgs),
+}
+
+#[derive(Args)]
+struct CertsArgs {
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// `$SERVICE_URL`: the ingress's DNS name (server certificate SAN and SNI).
+    #[arg(long)]
+    host: String,
+    /// Mesh trust domain for the SPIFFE IDs.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Leaf validity in days (CAs: ten times longer).
+    #[arg(long, default_value_t = 90)]
+    days: i64,
+    /// Key algorithm.
+    #[arg(long, value_enum, default_value_t = KeyType::EcdsaP256)]
+    key_type: KeyType,
+}
+
+/// Entry point of `strait-egress` and `strait-ingress`.
+pub fn main(role: Role) -> ExitCode {
+    let name = match role {
+        Role::Egress => "strait-egress",
+        Role::Ingress => "strait-ingress",
+    };
+    let command = Cli::command().name(name).bin_name(name).about(match role {
+        Role::Egress => "Strait egress gateway: plain or mesh mTLS in, SNI-routed mTLS out",
+        Role::Ingress => "Strait ingress gateway: mTLS in, routed by SNI to in-cluster services",
+    });
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = crate::telemetry::init(&cli.log_level) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    match run(role, cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(role: Role, cli: Cli) -> anyhow::Result<()> {
+    let config_path = || {
+        cli.config
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no configuration: pass --config FILE or set STRAIT_CONFIG"))
+    };
+    match cli.command {
+        Some(Command::Certs(args)) => {
+            let options = ReferenceOptions {
+                host: args.host,
+                trust_domain: args.trust_domain,
+                days: args.days,
+                key_type: args.key_type,
+            };
+            crate::certs::write_reference(&args.out, &options)?;
+            println!("wrote the reference certificates to {}", args.out.display());
+        }
+        Some(Command::Check) => {
+            let path = config_path()?;
+            let config = Config::load(&path, role)?;
+            let table = crate::gateway::check(&config)?;
+            println!(
+                "{}: OK ({} listeners, {} routes, every credential loaded)",
+                path.display(),
+                table.listeners.len(),
+                config.routes.len()
+            );
+        }
+        None => {
+            let config = Config::load(&config_path()?, role)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(crate::gateway::run(config, role))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,578 @@
+//! The configuration file: its schema, role defaults and validation.
+//!
+//! One schema serves both binaries, shaped for operators who know Istio: a listener is a
+//! Gateway server (a port, optional TLS termination), a route is a ServiceEntry plus its
+//! DestinationRule (SNI hosts, an upstream, origination TLS). Everything that can be
+//! checked without touching the network is checked here, and every error names the file,
+//! the line and column of the entry, and the field.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+/// Which binary is reading the file; it decides defaults and what is allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `strait-egress`: plain or mesh-mTLS in, mTLS origination out.
+    Egress,
+    /// `strait-ingress`: mTLS in, plain (or TLS) to the in-cluster backend.
+    Ingress,
+}
+
+impl Role {
+    /// Port a TLS listener binds when it names no address (Istio's egress and the
+    /// tutorial's ingress ports).
+    pub fn default_tls_port(self) -> u16 {
+        match self {
+            Role::Egress => 15443,
+            Role::Ingress => 13306,
+        }
+    }
+
+    /// Name used in logs and process titles.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Egress => "egress",
+            Role::Ingress => "ingress",
+        }
+    }
+}
+
+/// A configuration error, located as precisely as the file allows.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{file}: cannot read the configuration: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown field, or a value of the wrong type.
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// The file parsed but says something inconsistent or unsafe.
+    #[error("{file}:{line}:{column}: {field}: {message}")]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        field: String,
+        message: String,
+    },
+}
+
+/// The whole file as written (after role defaults are applied by [`Config::load`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Ports to accept on (`[[listener]]`).
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<Spanned<ListenerConfig>>,
+    /// Where accepted streams go (`[[route]]`).
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Spanned<RouteConfig>>,
+    /// How upstream names are resolved.
+    #[serde(default)]
+    pub resolver: ResolverSettings,
+    /// File the configuration came from; every later error points back to it.
+    #[serde(skip)]
+    pub path: PathBuf,
+    /// The file's text, kept to turn byte spans into line and column.
+    #[serde(skip)]
+    source: String,
+}
+
+/// One port the gateway accepts on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Unique name, used in logs and by routes' `listeners`.
+    pub name: String,
+    /// Address to bind; TLS listeners default to the role's port on all interfaces.
+    pub address: Option<SocketAddr>,
+    /// TLS termination. Without it the listener is plain TCP and needs `route`.
+    pub tls: Option<TlsConfig>,
+    /// The one route every connection of a plain listener takes.
+    pub route: Option<String>,
+    /// At a TLS listener, the route for clients that send no SNI (refused otherwise).
+    pub default_route: Option<String>,
+    /// Longest wait for a client to finish its TLS handshake.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+/// One destination: the SNI hosts that select it and the upstream it connects to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name, used in logs and by listeners' `route` / `default_route`.
+    pub name: String,
+    /// SNI host names that select this route at TLS listeners (exact, case-insensitive).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// TLS listeners whose SNI table holds this route; all of them when absent.
+    pub listeners: Option<Vec<String>>,
+    /// `host:port`; the host is a DNS name (resolved, round robin) or an IP address.
+    pub upstream: String,
+    /// Longest wait for one TCP connect to one upstream address.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Origination TLS (Istio's DestinationRule `tls`).
+    pub upstream_tls: Option<TlsConfig>,
+    /// Server certificate this route presents at TLS listeners, chosen by SNI
+    /// (overrides the listener's `tls` credential for this route's hosts).
+    pub downstream_tls: Option<TlsConfig>,
+}
+
+/// TLS settings, used for termination (listener `tls`, route `downstream_tls`) and
+/// origination (route `upstream_tls`). Credential files follow the Kubernetes Secret
+/// layout: `dir` holds `tls.crt`, `tls.key` and `ca.crt`; `cert`, `key`, `ca` override
+/// single files.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// `mutual` (both sides present certificates), `simple` (server only), `disable`.
+    pub mode: Option<TlsMode>,
+    /// Directory in Secret layout (`tls.crt`, `tls.key`, `ca.crt`).
+    pub dir: Option<PathBuf>,
+    /// Certificate chain, leaf first (PEM).
+    pub cert: Option<PathBuf>,
+    /// Private key for `cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// CA bundle to verify the peer (PEM; may hold a root and intermediates).
+    pub ca: Option<PathBuf>,
+    /// SNI and verified name on origination; defaults to the upstream host.
+    pub sni: Option<String>,
+}
+
+/// Istio's TLS modes, spelled in lower case.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain TCP. Only allowed where it is explicit, and logged as a warning at start.
+    Disable,
+    /// Server-authenticated TLS.
+    Simple,
+    /// Both sides authenticate with certificates.
+    Mutual,
+}
+
+/// Where upstream names are looked up.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverSettings {
+    /// DNS servers (`ip:port`); the system's `/etc/resolv.conf` when empty.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// Credential file paths after `dir` defaults are applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CredentialPaths {
+    /// Certificate chain, if any.
+    pub cert: Option<PathBuf>,
+    /// Private key, if any.
+    pub key: Option<PathBuf>,
+    /// CA bundle, if any.
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Resolves the Secret-layout directory into file paths; explicit paths win.
+    pub fn paths(&self) -> CredentialPaths {
+        let in_dir = |name: &str| self.dir.as_ref().map(|d| d.join(name));
+        CredentialPaths {
+            cert: self.cert.clone().or_else(|| in_dir("tls.crt")),
+            key: self.key.clone().or_else(|| in_dir("tls.key")),
+            ca: self.ca.clone().or_else(|| in_dir("ca.crt")),
+        }
+    }
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Splits `host:port` (IPv6 in brackets) without resolving anything.
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() || host.contains(':') && !s.starts_with('[') {
+        return None;
+    }
+    Some((host.to_ascii_lowercase(), port.parse().ok()?))
+}
+
+impl Config {
+    /// Reads, parses and validates `path` for `role`.
+    pub fn load(path: &Path, role: Role) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, text, role)
+    }
+
+    /// Parses and validates configuration text; `path` is only used in messages.
+    pub fn parse(path: &Path, text: String, role: Role) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(&text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
+            ConfigError::Parse {
+                file: path.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })?;
+        config.path = path.to_owned();
+        config.source = text;
+        config.apply_role_defaults(role);
+        config.validate(role)?;
+        Ok(config)
+    }
+
+    /// Fills in what the role implies: TLS listener ports, and plain backends at the ingress.
+    fn apply_role_defaults(&mut self, role: Role) {
+        for l in &mut self.listeners {
+            let l = l.get_mut();
+            if l.address.is_none() && l.tls.is_some() {
+                l.address = Some(SocketAddr::from(([0, 0, 0, 0], role.default_tls_port())));
+            }
+        }
+        if role == Role::Ingress {
+            for r in &mut self.routes {
+                r.get_mut().upstream_tls.get_or_insert_with(|| TlsConfig {
+                    mode: Some(TlsMode::Disable),
+                    ..TlsConfig::default()
+                });
+            }
+        }
+    }
+
+    /// Builds an [`ConfigError::Invalid`] pointing at the start of `span`.
+    fn invalid(&self, span: std::ops::Range<usize>, field: String, message: String) -> ConfigError {
+        let (line, column) = line_col(&self.source, span.start);
+        ConfigError::Invalid {
+            file: self.path.clone(),
+            line,
+            column,
+            field,
+            message,
+        }
+    }
+
+    fn validate(&self, role: Role) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(self.invalid(0..0, "listener".into(), "no [[listener]] is defined".into()));
+        }
+        let route_names = self.unique_names(
+            self.routes.iter().map(|r| (r.span(), r.get_ref().name.as_str())),
+            "route",
+        )?;
+        let listener_names = self.unique_names(
+            self.listeners.iter().map(|l| (l.span(), l.get_ref().name.as_str())),
+            "listener",
+        )?;
+        let mut addresses = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let at = |field: &str| format!("listener[{i}] ({}).{field}", l.get_ref().name);
+            self.validate_listener(role, l, &route_names, &at)?;
+            let addr = l.get_ref().address.expect("defaults gave TLS listeners an address");
+            if !addresses.insert(addr) {
+                return Err(self.invalid(l.span(), at("address"), format!("{addr} is already bound by another listener")));
+            }
+        }
+        let mut hosts: HashMap<(String, String), &str> = HashMap::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let route = r.get_ref();
+            let at = |field: &str| format!("route[{i}] ({}).{field}", route.name);
+            self.validate_route(r, &listener_names, &at)?;
+            for host in &route.hosts {
+                for listener in self.tls_listeners_of(route) {
+                    let key = (listener.to_owned(), host.to_ascii_lowercase());
+                    if let Some(other) = hosts.insert(key, &route.name) {
+                        return Err(self.invalid(r.span(), at("hosts"), format!(
+                            "SNI host {host:?} is already claimed by route {other:?} at listener {listener:?}; each host selects one route per listener"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn unique_names<'a>(
+        &self,
+        names: impl Iterator<Item = (std::ops::Range<usize>, &'a str)>,
+        kind: &str,
+    ) -> Result<HashSet<&'a str>, ConfigError> {
+        let mut seen = HashSet::new();
+        for (i, (span, name)) in names.enumerate() {
+            if name.is_empty() {
+                return Err(self.invalid(span, format!("{kind}[{i}].name"), "must not be empty".into()));
+            }
+            if !seen.insert(name) {
+                return Err(self.invalid(span, format!("{kind}[{i}].name"), format!("{kind} name {name:?} is used twice")));
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Names of the TLS listeners whose SNI table holds `route`.
+    pub fn tls_listeners_of<'a>(&'a self, route: &'a RouteConfig) -> impl Iterator<Item = &'a str> + 'a {
+        self.listeners
+            .iter()
+            .map(|l| l.get_ref())
+            .filter(|l| l.tls.is_some())
+            .filter(move |l| route.listeners.as_ref().is_none_or(|names| names.contains(&l.name)))
+            .map(|l| l.name.as_str())
+    }
+
+    fn validate_listener(
+        &self,
+        role: Role,
+        l: &Spanned<ListenerConfig>,
+        routes: &HashSet<&str>,
+        at: &dyn Fn(&str) -> String,
+    ) -> Result<(), ConfigError> {
+        let span = l.span();
+        let listener = l.get_ref();
+        let err = |field: &str, msg: String| self.invalid(span.clone(), at(field), msg);
+        let known = |name: &String, field: &str| {
+            if routes.contains(name.as_str()) {
+                Ok(())
+            } else {
+                Err(err(field, format!("no route is named {name:?}")))
+            }
+        };
+        match &listener.tls {
+            None => {
+                if role == Role::Ingress {
+                    return Err(err("tls", "an ingress listener must terminate TLS: add tls = { mode = \"mutual\", dir = ... }".into()));
+                }
+                if listener.address.is_none() {
+                    return Err(err("address", "a plain listener needs an address, e.g. \"0.0.0.0:3306\"".into()));
+                }
+                let Some(route) = &listener.route else {
+                    return Err(err("route", "a plain listener cannot read SNI: name the one route it serves".into()));
+                };
+                known(route, "route")?;
+                if listener.default_route.is_some() {
+                    return Err(err("default_route", "only TLS listeners have a default route; a plain listener uses `route`".into()));
+                }
+            }
+            Some(tls) => {
+                if listener.route.is_some() {
+                    return Err(err("route", "a TLS listener routes by SNI: use `default_route` for clients without SNI".into()));
+                }
+                if let Some(d) = &listener.default_route {
+                    known(d, "default_route")?;
+                }
+                match tls.mode {
+                    Some(TlsMode::Mutual | TlsMode::Simple) => {}
+                    Some(TlsMode::Disable) => {
+                        return Err(err("tls.mode", "a listener with `tls` terminates TLS: use \"mutual\" or \"simple\", or remove `tls` for a plain listener".into()))
+                    }
+                    None => return Err(err("tls.mode", "missing: \"mutual\" (client certificates required) or \"simple\"".into())),
+                }
+                if tls.sni.is_some() {
+                    return Err(err("tls.sni", "SNI is chosen by the client at a listener; `sni` belongs in a route's upstream_tls".into()));
+                }
+                let p = tls.paths();
+                if p.cert.is_some() != p.key.is_some() {
+                    return Err(err("tls", "give both a certificate and its key (or `dir` holding tls.crt and tls.key)".into()));
+                }
+                if tls.mode == Some(TlsMode::Mutual) && p.ca.is_none() {
+                    return Err(err("tls.ca", "mode \"mutual\" verifies client certificates: give `ca` (or `dir` holding ca.crt)".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_route(
+        &self,
+        r: &Spanned<RouteConfig>,
+        listeners: &HashSet<&str>,
+        at: &dyn Fn(&str) -> String,
+    ) -> Result<(), ConfigError> {
+        let span = r.span();
+        let route = r.get_ref();
+        let err = |field: &str, msg: String| self.invalid(span.clone(), at(field), msg);
+        if split_host_port(&route.upstream).is_none() {
+            return Err(err("upstream", format!("{:?} is not host:port", route.upstream)));
+        }
+        for name in route.listeners.iter().flatten() {
+            if !listeners.contains(name.as_str()) {
+                return Err(err("listeners", format!("no listener is named {name:?}")));
+            }
+        }
+        if let Some(host) = route.hosts.iter().find(|h| h.is_empty() || h.contains(':') || h.contains('*')) {
+            return Err(err("hosts", format!("{host:?} is not an exact DNS name (no ports, no wildcards)")));
+        }
+        match &route.upstream_tls {
+            None => {
+                return Err(err("upstream_tls", "the egress originates TLS: add upstream_tls = { mode = \"mutual\", dir = ... } or, to send plaintext on purpose, mode = \"disable\"".into()));
+            }
+            Some(tls) => {
+                let p = tls.paths();
+                match tls.mode {
+                    None => return Err(err("upstream_tls.mode", "missing: \"mutual\", \"simple\" or \"disable\"".into())),
+                    Some(TlsMode::Disable) => {
+                        if p != CredentialPaths::default() || tls.sni.is_some() {
+                            return Err(err("upstream_tls", "mode \"disable\" sends plaintext: remove the credential fields or pick \"simple\"/\"mutual\"".into()));
+                        }
+                    }
+                    Some(mode) => {
+                        if p.ca.is_none() {
+                            return Err(err("upstream_tls.ca", "origination verifies the server: give `ca` (or `dir` holding ca.crt)".into()));
+                        }
+                        if mode == TlsMode::Mutual && (p.cert.is_none() || p.key.is_none()) {
+                            return Err(err("upstream_tls", "mode \"mutual\" presents a client certificate: give `cert` and `key` (or `dir` holding tls.crt and tls.key)".into()));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(tls) = &route.downstream_tls {
+            if tls.mode.is_some() || tls.sni.is_some() {
+                return Err(err("downstream_tls", "only credential fields (dir, cert, key, ca) belong here; the listener's tls.mode applies".into()));
+            }
+            let p = tls.paths();
+            if p.cert.is_none() || p.key.is_none() {
+                return Err(err("downstream_tls", "give `cert` and `key` (or `dir` holding tls.crt and tls.key)".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Position of a listener or route entry, for errors raised after parsing
+    /// (a certificate that fails to load, say).
+    pub fn locate(&self, span: std::ops::Range<usize>, field: String, message: String) -> ConfigError {
+        self.invalid(span, field, message)
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsMode::Disable => "disable",
+            TlsMode::Simple => "simple",
+            TlsMode::Mutual => "mutual",
+        })
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(role: Role, text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text.to_owned(), role)
+    }
+
+    const EGRESS: &str = r#"
+[[listener]]
+name = "mesh"
+tls = { mode = "mutual", dir = "/certs/mesh" }
+
+[[listener]]
+name = "mysql"
+address = "127.0.0.1:3306"
+route = "mysql"
+
+[[route]]
+name = "mysql"
+hosts = ["db.example.com"]
+upstream = "db.example.com:13306"
+upstream_tls = { mode = "mutual", dir = "/certs/client" }
+"#;
+
+    #[test]
+    fn egress_reference_parses_with_role_defaults() {
+        let c = parse(Role::Egress, EGRESS).unwrap();
+        assert_eq!(c.listeners[0].get_ref().address, Some("0.0.0.0:15443".parse().unwrap()));
+        let p = c.routes[0].get_ref().upstream_tls.as_ref().unwrap().paths();
+        assert_eq!(p.key, Some(PathBuf::from("/certs/client/tls.key")));
+        assert_eq!(c.routes[0].get_ref().connect_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_field_is_located() {
+        let text = EGRESS.replace("route = \"mysql\"", "rout = \"mysql\"");
+        let e = parse(Role::Egress, &text).unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:9:1: unknown field `rout`"), "{e}");
+    }
+
+    #[test]
+    fn route_to_missing_listener_names_field_and_line() {
+        let text = EGRESS.replace("route = \"mysql\"", "route = \"nope\"");
+        let e = parse(Role::Egress, &text).unwrap_err().to_string();
+        assert!(e.contains("test.toml:6:1: listener[1] (mysql).route: no route is named \"nope\""), "{e}");
+    }
+
+    #[test]
+    fn egress_route_without_tls_is_refused() {
+        let text = EGRESS.replace("upstream_tls = { mode = \"mutual\", dir = \"/certs/client\" }", "");
+        let e = parse(Role::Egress, &text).unwrap_err().to_string();
+        assert!(e.contains("upstream_tls: the egress originates TLS"), "{e}");
+    }
+
+    #[test]
+    fn ingress_defaults_to_plain_backend_and_13306() {
+        let c = parse(Role::Ingress, r#"
+[[listener]]
+name = "mtls"
+tls = { mode = "mutual", dir = "/certs/server" }
+[[route]]
+name = "mysql"
+hosts = ["db.example.com"]
+upstream = "mysql.default.svc:3306"
+"#).unwrap();
+        assert_eq!(c.listeners[0].get_ref().address.unwrap().port(), 13306);
+        assert_eq!(c.routes[0].get_ref().upstream_tls.as_ref().unwrap().mode, Some(TlsMode::Disable));
+    }
+
+    #[test]
+    fn duplicate_sni_host_is_refused() {
+        let text = format!("{EGRESS}\n[[route]]\nname = \"b\"\nhosts = [\"DB.example.com\"]\nupstream = \"x:1\"\nupstream_tls = {{ mode = \"disable\" }}\n");
+        let e = parse(Role::Egress, &text).unwrap_err().to_string();
+        assert!(e.contains("already claimed by route \"mysql\""), "{e}");
+    }
+
+    #[test]
+    fn host_port_splitting() {
+        assert_eq!(split_host_port("Db.X:13306"), Some(("db.x".into(), 13306)));
+        assert_eq!(split_host_port("[::1]:80"), Some(("::1".into(), 80)));
+        assert_eq!(split_host_port("::1:80"), None);
+        assert_eq!(split_host_port("x"), None);
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("ab", 0), (1, 1));
+    }
+}

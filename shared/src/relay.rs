@@ -1,0 +1,96 @@
+//! The byte pump between the two sides of a connection.
+//!
+//! Each direction copies through one fixed buffer, so memory per connection is bounded
+//! whatever the peers do: a slow reader stops the copy, and backpressure reaches the
+//! writer through TCP. When one side finishes sending, the other side's write half is
+//! shut down (TLS: close_notify, then TCP FIN) and the opposite direction carries on, so
+//! half-close survives the hop. An error on either side ends both directions at once.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Size of each direction's copy buffer: one TLS record's worth of plaintext.
+const BUFFER_SIZE: usize = 16 * 1024;
+
+/// What a finished relay moved, and why it ended.
+#[derive(Debug, Default)]
+pub struct RelayOutcome {
+    /// Bytes read from the downstream client and written upstream.
+    pub from_downstream: u64,
+    /// Bytes read from upstream and written to the downstream client.
+    pub from_upstream: u64,
+    /// `None` when both sides closed cleanly; otherwise which side failed and how.
+    pub error: Option<String>,
+}
+
+/// Copies both ways between `downstream` and `upstream` until both directions finish
+/// or either fails.
+pub async fn relay<D, U>(downstream: D, upstream: U) -> RelayOutcome
+where
+    D: AsyncRead + AsyncWrite,
+    U: AsyncRead + AsyncWrite,
+{
+    let (mut down_read, mut down_write) = tokio::io::split(downstream);
+    let (mut up_read, mut up_write) = tokio::io::split(upstream);
+    let mut outcome = RelayOutcome::default();
+    let result = tokio::try_join!(
+        pump(&mut down_read, &mut up_write, &mut outcome.from_downstream, "downstream", "upstream"),
+        pump(&mut up_read, &mut down_write, &mut outcome.from_upstream, "upstream", "downstream"),
+    );
+    outcome.error = result.err();
+    outcome
+}
+
+/// Copies one direction until EOF, then shuts down the writer to pass the EOF on.
+async fn pump<R, W>(reader: &mut R, writer: &mut W, moved: &mut u64, from: &str, to: &str) -> Result<(), String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; BUFFER_SIZE];
+    loop {
+        let n = match reader.read(&mut buffer).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            // A TLS peer that closes without close_notify has still sent all it meant to.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(format!("{from} read: {e}")),
+        };
+        writer.write_all(&buffer[..n]).await.map_err(|e| format!("{to} write: {e}"))?;
+        *moved += n as u64;
+    }
+    writer.flush().await.map_err(|e| format!("{to} flush: {e}"))?;
+    match writer.shutdown().await {
+        Ok(()) => Ok(()),
+        // The peer may already be gone after its own close; the data was delivered.
+        Err(e) if e.kind() == std::io::ErrorKind::NotConnected => Ok(()),
+        Err(e) => Err(format!("{to} shutdown: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    #[tokio::test]
+    async fn half_close_still_carries_the_reply() {
+        let (client, down) = duplex(64);
+        let (up, server) = duplex(64);
+        let relay = tokio::spawn(relay(down, up));
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        let (mut server_read, mut server_write) = tokio::io::split(server);
+        client_write.write_all(b"question").await.unwrap();
+        client_write.shutdown().await.unwrap();
+        let mut asked = Vec::new();
+        server_read.read_to_end(&mut asked).await.unwrap();
+        assert_eq!(asked, b"question");
+        server_write.write_all(b"answer").await.unwrap();
+        server_write.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        client_read.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"answer");
+        let outcome = relay.await.unwrap();
+        assert_eq!((outcome.from_downstream, outcome.from_upstream), (8, 6));
+        assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    }
+}
