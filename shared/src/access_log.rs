@@ -105,7 +105,7 @@ impl AccessLog {
                     bytes_received = self.bytes_received,
                     bytes_sent = self.bytes_sent,
                     duration_ms,
-                    outcome = outcome.class(),
+                    outcome = %outcome.class(),
                     reason = %outcome.reason(),
                 )
             };
