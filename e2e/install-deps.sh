@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the real servers and clients the demo and the tests use, from Debian.
+# Idempotent: does nothing when everything is present. Needs root (or sudo).
+set -euo pipefail
+
+# command -> Debian package
+declare -A need=(
+  [mariadbd]=mariadb-server
+  [mariadb]=mariadb-client
+  [redis-server]=redis-server
+  [redis-cli]=redis-tools
+  [dnsmasq]=dnsmasq-base
+  [openssl]=openssl
+)
+missing=()
+for cmd in "${!need[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing: ${missing[*]}"
+# Package scripts must not start system services: the tests start their own servers.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+  $sudo chmod +x /usr/sbin/policy-rc.d
+  trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests and end-to-end tests against real MariaDB, Redis,
+# dnsmasq, openssl and the real strait binaries. Installs what is missing first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
+
+e2e/install-deps.sh
+cargo build --workspace --locked
+cargo test --workspace --locked -- --test-threads=4

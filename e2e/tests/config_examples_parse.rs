@@ -1,0 +1,29 @@
+//! Every file in config-examples/ is a valid configuration for its binary (credentials
+//! aside: their paths are the operator's).
+
+use std::path::Path;
+
+use strait::config::{Config, Role};
+
+fn parse(name: &str, role: Role) -> Config {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config-examples").join(name);
+    Config::load(&path, role).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn reference_egress_has_mesh_and_plain_listeners() {
+    let config = parse("egress.toml", Role::Egress);
+    assert_eq!(config.listeners.len(), 2);
+    assert_eq!(config.listeners[0].get_ref().address.unwrap().port(), 15443);
+}
+
+#[test]
+fn reference_ingress_listens_on_13306() {
+    let config = parse("ingress.toml", Role::Ingress);
+    assert_eq!(config.listeners[0].get_ref().address.unwrap().port(), 13306);
+}
+
+#[test]
+fn redis_third_party_is_an_egress_config() {
+    parse("redis-third-party.toml", Role::Egress);
+}
