@@ -107,9 +107,9 @@ fn run(role: Role, cli: Cli) -> anyhow::Result<()> {
             );
         }
         None => {
-            let config = Config::load(&config_path()?, role)?;
+            let path = config_path()?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(crate::gateway::run(config, role))?;
+            runtime.block_on(crate::gateway::run(path, role))?;
         }
     }
     Ok(())

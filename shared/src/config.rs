@@ -84,6 +84,9 @@ pub struct Config {
     /// How upstream names are resolved.
     #[serde(default)]
     pub resolver: ResolverSettings,
+    /// Process-wide behaviour: shutdown and certificate warnings.
+    #[serde(default)]
+    pub process: ProcessSettings,
     /// File the configuration came from; every later error points back to it.
     #[serde(skip)]
     pub path: PathBuf,
@@ -174,6 +177,36 @@ pub struct ResolverSettings {
     /// DNS servers (`ip:port`); the system's `/etc/resolv.conf` when empty.
     #[serde(default)]
     pub nameservers: Vec<SocketAddr>,
+}
+
+/// Process-wide settings (`[process]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSettings {
+    /// After SIGTERM, how long open connections may run before they are closed.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// A certificate expiring within this window is logged as a warning at every load
+    /// (cert-manager renews 30 days before expiry; a certificate this close missed it).
+    #[serde(default = "default_cert_warning_window", with = "humantime_serde")]
+    pub cert_warning_window: Duration,
+}
+
+impl Default for ProcessSettings {
+    fn default() -> Self {
+        ProcessSettings {
+            drain_timeout: default_drain_timeout(),
+            cert_warning_window: default_cert_warning_window(),
+        }
+    }
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_cert_warning_window() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
 }
 
 /// Credential file paths after `dir` defaults are applied.
@@ -458,6 +491,24 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Every file whose change should trigger a reload: the config itself and each
+    /// credential file it names.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        let tls_blocks = self
+            .listeners
+            .iter()
+            .filter_map(|l| l.get_ref().tls.as_ref())
+            .chain(self.routes.iter().flat_map(|r| [r.get_ref().upstream_tls.as_ref(), r.get_ref().downstream_tls.as_ref()]).flatten());
+        for tls in tls_blocks {
+            let p = tls.paths();
+            files.extend([p.cert, p.key, p.ca].into_iter().flatten());
+        }
+        files.sort();
+        files.dedup();
+        files
     }
 
     /// Position of a listener or route entry, for errors raised after parsing

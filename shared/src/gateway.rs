@@ -1,10 +1,22 @@
-//! A running gateway: binds every listener, serves until SIGTERM/SIGINT, then drains.
+//! A running gateway: binds every listener, serves, reloads on change, drains on stop.
+//!
+//! The configuration and every credential it names are re-read on SIGHUP and whenever
+//! one of their files changes. A reload builds a whole new [`RouteTable`] first; only if
+//! every file loads is it swapped in, so a broken or half-written update leaves the
+//! running state untouched. Connections already open keep the snapshot they started
+//! with; listeners added by the new config bind, removed ones stop accepting while their
+//! connections drain.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -12,12 +24,13 @@ use crate::config::{Config, Role, TlsMode};
 use crate::connection::Context;
 use crate::listener::accept_loop;
 use crate::resolve::Resolver;
-use crate::route::RouteTable;
+use crate::route::{RouteTable, Routing};
+use crate::watch::{self, FileWatcher};
 
-/// How long open connections may run on after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a burst of file events is allowed to settle before reloading.
+const SETTLE: Duration = Duration::from_millis(300);
 
-/// Why the gateway could not start.
+/// Why the gateway could not start (a reload reports the same errors but keeps running).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The configuration or a credential it names is unusable.
@@ -30,9 +43,27 @@ pub enum StartError {
     #[error("listener {name:?}: cannot bind {address}: {source}")]
     Bind {
         name: String,
-        address: std::net::SocketAddr,
+        address: SocketAddr,
         source: std::io::Error,
     },
+    /// Signal handlers or the file watcher could not be installed.
+    #[error("cannot set up {what}: {reason}")]
+    Setup { what: &'static str, reason: String },
+}
+
+/// The outcome of the latest reload attempt, kept for operators (and later metrics).
+#[derive(Clone, Debug)]
+pub struct ReloadStatus {
+    /// When it was attempted.
+    pub at: SystemTime,
+    /// What triggered it.
+    pub trigger: &'static str,
+    /// `Err` holds the message that kept the old state running.
+    pub result: Result<(), String>,
+    /// Successful reloads since start.
+    pub succeeded: u64,
+    /// Refused reloads since start.
+    pub failed: u64,
 }
 
 /// Loads everything the config names, exactly as a start would, without binding.
@@ -40,53 +71,190 @@ pub fn check(config: &Config) -> Result<RouteTable, StartError> {
     Ok(RouteTable::build(config)?)
 }
 
-/// Runs the gateway until a shutdown signal, then lets open connections finish.
-pub async fn run(config: Config, role: Role) -> Result<(), StartError> {
-    warn_about_insecure_settings(&config, role);
-    let table = RouteTable::build(&config)?;
-    let context = Arc::new(Context {
-        table: ArcSwap::from_pointee(table),
-        resolver: Resolver::new(&config.resolver)?,
-    });
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let plans = context.table.load_full();
-    let mut loops = Vec::new();
-    for plan in &plans.listeners {
-        let socket = TcpListener::bind(plan.address).await.map_err(|source| StartError::Bind {
-            name: plan.name.clone(),
-            address: plan.address,
-            source,
-        })?;
-        let kind = match &plan.routing {
-            crate::route::Routing::Plain(route) => format!("plain -> route {}", route.name),
-            crate::route::Routing::Tls(t) => format!("tls, {} SNI hosts", t.by_sni.len()),
-        };
-        tracing::info!(listener = %plan.name, address = %socket.local_addr().unwrap_or(plan.address), %kind, "listening");
-        loops.push(tokio::spawn(accept_loop(socket, Arc::from(plan.name.as_str()), context.clone(), shutdown.clone(), tracker.clone())));
-    }
+/// A bound listener and the token that stops its accept loop alone.
+struct Bound {
+    address: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// The running process: what a reload changes and what shutdown stops.
+pub struct Gateway {
+    role: Role,
+    config_path: PathBuf,
+    context: Arc<Context>,
+    listeners: HashMap<String, Bound>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    drain_timeout: Duration,
+    cert_warning_window: Duration,
+    watcher: FileWatcher,
+    /// The config file and every credential file it names.
+    watched_files: Vec<PathBuf>,
+    /// Contents digest of the files the running state was built from.
+    inputs: u64,
+    /// Latest reload outcome.
+    pub status: Arc<Mutex<Option<ReloadStatus>>>,
+}
+
+/// Runs the gateway from `config_path` until SIGTERM or SIGINT, then drains.
+pub async fn run(config_path: PathBuf, role: Role) -> Result<(), StartError> {
+    let setup = |what| move |e: std::io::Error| StartError::Setup { what, reason: e.to_string() };
+    let mut term = signal(SignalKind::terminate()).map_err(setup("SIGTERM handler"))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(setup("SIGHUP handler"))?;
+    let (changes_tx, mut changes) = mpsc::channel(1);
+    let mut gateway = Gateway::start(config_path, role, changes_tx).await?;
     tracing::info!(role = role.name(), "ready");
-    wait_for_signal().await;
-    tracing::info!(open = tracker.len(), "shutting down: no new connections; draining open ones for up to {DRAIN_TIMEOUT:?}");
-    shutdown.cancel();
-    tracker.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
-        tracing::warn!(open = tracker.len(), "drain timeout reached; closing the remaining connections");
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => gateway.reload("SIGHUP").await,
+            Some(()) = changes.recv() => {
+                // Let the rest of a Secret update (several files, a symlink swap) land.
+                tokio::time::sleep(SETTLE).await;
+                while changes.try_recv().is_ok() {}
+                gateway.reload("file change").await;
+            }
+        }
     }
+    gateway.drain().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+impl Gateway {
+    async fn start(config_path: PathBuf, role: Role, changes: mpsc::Sender<()>) -> Result<Gateway, StartError> {
+        let config = Config::load(&config_path, role)?;
+        let inputs = watch::fingerprint(&config.watched_files());
+        warn_about_insecure_settings(&config, role);
+        let table = RouteTable::build(&config)?;
+        let watcher = FileWatcher::new(changes).map_err(|e| StartError::Setup { what: "file watcher", reason: e.to_string() })?;
+        let mut gateway = Gateway {
+            role,
+            config_path,
+            context: Arc::new(Context {
+                table: ArcSwap::from_pointee(RouteTable { listeners: Vec::new(), credentials: Vec::new() }),
+                resolver: Resolver::new(&config.resolver)?,
+            }),
+            listeners: HashMap::new(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            drain_timeout: config.process.drain_timeout,
+            cert_warning_window: config.process.cert_warning_window,
+            watcher,
+            watched_files: Vec::new(),
+            inputs: 0,
+            status: Arc::new(Mutex::new(None)),
+        };
+        gateway.apply(config, table, inputs).await?;
+        Ok(gateway)
+    }
+
+    /// Re-reads everything; on any error logs it and keeps the running state. A file
+    /// event whose files hold the same bytes as last time changes nothing.
+    pub async fn reload(&mut self, trigger: &'static str) {
+        if trigger == "file change" && watch::fingerprint(&self.watched_files) == self.inputs {
+            tracing::debug!("watched files changed but their contents did not; nothing to reload");
+            return;
+        }
+        let result = match Config::load(&self.config_path, self.role) {
+            Ok(config) => {
+                let inputs = watch::fingerprint(&config.watched_files());
+                match RouteTable::build(&config) {
+                    Ok(table) => {
+                        warn_about_insecure_settings(&config, self.role);
+                        self.apply(config, table, inputs).await
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        };
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = status.take();
+        let (succeeded, failed) = previous.map_or((0, 0), |s| (s.succeeded, s.failed));
+        let result = result.map_err(|e| e.to_string());
+        match &result {
+            Ok(()) => tracing::info!(trigger, "configuration and credentials reloaded"),
+            Err(e) => tracing::error!(trigger, error = %e, "reload refused; the previous configuration and credentials stay in use"),
+        }
+        *status = Some(ReloadStatus {
+            at: SystemTime::now(),
+            trigger,
+            succeeded: succeeded + u64::from(result.is_ok()),
+            failed: failed + u64::from(result.is_err()),
+            result,
+        });
+    }
+
+    /// Binds what is new, swaps the table in, stops what is gone.
+    async fn apply(&mut self, config: Config, table: RouteTable, inputs: u64) -> Result<(), StartError> {
+        // Bind new (or moved) listeners before anything changes, so a bind failure
+        // leaves the running state whole.
+        let mut fresh = Vec::new();
+        for plan in &table.listeners {
+            if self.listeners.get(&plan.name).is_some_and(|b| b.address == plan.address) {
+                continue;
+            }
+            let socket = TcpListener::bind(plan.address).await.map_err(|source| StartError::Bind {
+                name: plan.name.clone(),
+                address: plan.address,
+                source,
+            })?;
+            fresh.push((plan.clone(), socket));
+        }
+        self.log_credentials(&table);
+        let names: Vec<(String, SocketAddr)> = table.listeners.iter().map(|p| (p.name.clone(), p.address)).collect();
+        self.context.table.store(Arc::new(table));
+        self.listeners.retain(|name, bound| {
+            let keep = names.iter().any(|(n, a)| n == name && *a == bound.address);
+            if !keep {
+                tracing::info!(listener = %name, address = %bound.address, "listener removed: no longer accepting; open connections drain");
+                bound.stop.cancel();
+            }
+            keep
+        });
+        for (plan, socket) in fresh {
+            let kind = match &plan.routing {
+                Routing::Plain(route) => format!("plain -> route {}", route.name),
+                Routing::Tls(t) => format!("tls, {} SNI hosts", t.by_sni.len()),
+            };
+            tracing::info!(listener = %plan.name, address = %socket.local_addr().unwrap_or(plan.address), %kind, "listening");
+            let stop = self.shutdown.child_token();
+            let name = Arc::from(plan.name.as_str());
+            tokio::spawn(accept_loop(socket, name, self.context.clone(), stop.clone(), self.tracker.clone()));
+            self.listeners.insert(plan.name.clone(), Bound { address: plan.address, stop });
+        }
+        self.watched_files = config.watched_files();
+        self.inputs = inputs;
+        self.watcher.watch_files(&self.watched_files);
+        self.drain_timeout = config.process.drain_timeout;
+        self.cert_warning_window = config.process.cert_warning_window;
+        Ok(())
+    }
+
+    fn log_credentials(&self, table: &RouteTable) {
+        let now = SystemTime::now();
+        for credential in &table.credentials {
+            let left = credential.not_after.duration_since(now).unwrap_or_default();
+            let expires = humantime::format_rfc3339_seconds(credential.not_after);
+            if left < self.cert_warning_window {
+                tracing::warn!(file = %credential.cert_file.display(), subject = %credential.subject, serial = %credential.serial, %expires, "certificate expires within the warning window ({} days left): renew it", left.as_secs() / 86400);
+            } else {
+                tracing::info!(file = %credential.cert_file.display(), subject = %credential.subject, serial = %credential.serial, %expires, "certificate loaded");
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+    }
+
+    /// Stops accepting everywhere at once, then waits for open connections up to the
+    /// drain timeout; whatever is still open after it is closed when the runtime ends.
+    async fn drain(self) {
+        tracing::info!(open = self.tracker.len(), timeout = ?self.drain_timeout, "shutting down: no new connections; draining open ones");
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.drain_timeout, self.tracker.wait()).await.is_err() {
+            tracing::warn!(open = self.tracker.len(), "drain timeout reached; closing the remaining connections");
+        } else {
+            tracing::info!("drained; exiting");
         }
     }
 }

@@ -108,15 +108,18 @@ pub struct ListenerPlan {
 pub struct RouteTable {
     /// Every listener, in config order.
     pub listeners: Vec<Arc<ListenerPlan>>,
+    /// Every certificate the table presents, one entry per file.
+    pub credentials: Vec<tls::CredentialInfo>,
 }
 
 impl RouteTable {
     /// Loads every credential the config names and builds the table. Errors point at
     /// the config entry and field that named the bad file.
     pub fn build(config: &Config) -> Result<RouteTable, ConfigError> {
+        let mut loaded = Loaded::default();
         let mut routes = HashMap::new();
         for (i, r) in config.routes.iter().enumerate() {
-            let route = build_route(config, i, r)?;
+            let route = build_route(config, i, r, &mut loaded)?;
             routes.insert(route.name.clone(), Arc::new(route));
         }
         let mut listeners = Vec::new();
@@ -127,7 +130,7 @@ impl RouteTable {
                     let name = listener.route.as_deref().unwrap_or_default();
                     Routing::Plain(routes[name].clone())
                 }
-                Some(tls) => Routing::Tls(build_tls_routing(config, i, l, tls, &routes)?),
+                Some(tls) => Routing::Tls(build_tls_routing(config, i, l, tls, &routes, &mut loaded)?),
             };
             listeners.push(Arc::new(ListenerPlan {
                 name: listener.name.clone(),
@@ -135,7 +138,7 @@ impl RouteTable {
                 routing,
             }));
         }
-        Ok(RouteTable { listeners })
+        Ok(RouteTable { listeners, credentials: loaded.0.into_values().collect() })
     }
 
     /// The plan of the listener called `name`.
@@ -144,7 +147,20 @@ impl RouteTable {
     }
 }
 
-fn build_route(config: &Config, i: usize, r: &Spanned<RouteConfig>) -> Result<Route, ConfigError> {
+/// Credentials loaded while building, by certificate file, so a file named by several
+/// entries is described once.
+#[derive(Default)]
+struct Loaded(std::collections::BTreeMap<std::path::PathBuf, tls::CredentialInfo>);
+
+impl Loaded {
+    fn key(&mut self, cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, tls::TlsError> {
+        let certified = tls::load_certified_key(cert, key)?;
+        self.0.insert(cert.to_owned(), tls::CredentialInfo::of(cert, &certified));
+        Ok(certified)
+    }
+}
+
+fn build_route(config: &Config, i: usize, r: &Spanned<RouteConfig>, loaded: &mut Loaded) -> Result<Route, ConfigError> {
     let route = r.get_ref();
     let at = |field: &str, e: tls::TlsError| config.locate(r.span(), format!("route[{i}] ({}).{field}", route.name), e.to_string());
     let (host, port) = split_host_port(&route.upstream).expect("validated: upstream is host:port");
@@ -157,7 +173,12 @@ fn build_route(config: &Config, i: usize, r: &Spanned<RouteConfig>) -> Result<Ro
             let server_name = ServerName::try_from(sni.clone()).map_err(|_| {
                 config.locate(r.span(), format!("route[{i}] ({}).upstream_tls.sni", route.name), format!("{sni:?} is not a DNS name or IP address"))
             })?;
-            let client = tls::client_config(mode, &tls_config.paths()).map_err(|e| at("upstream_tls", e))?;
+            let paths = tls_config.paths();
+            let key = match (mode, &paths.cert, &paths.key) {
+                (TlsMode::Mutual, Some(cert), Some(key)) => Some(loaded.key(cert, key).map_err(|e| at("upstream_tls", e))?),
+                _ => None,
+            };
+            let client = tls::client_config(key, &paths).map_err(|e| at("upstream_tls", e))?;
             Some(Origination { config: client, server_name })
         }
     };
@@ -177,6 +198,7 @@ fn build_tls_routing(
     l: &Spanned<ListenerConfig>,
     tls: &TlsConfig,
     routes: &HashMap<String, Arc<Route>>,
+    loaded: &mut Loaded,
 ) -> Result<TlsRouting, ConfigError> {
     let listener = l.get_ref();
     let mode = tls.mode.expect("validated: listener tls.mode is set");
@@ -186,7 +208,7 @@ fn build_tls_routing(
     // The listener's own certificate serves every route that brings none.
     let shared = match (&listener_paths.cert, &listener_paths.key) {
         (Some(cert), Some(key)) => {
-            let key = tls::load_certified_key(cert, key).map_err(|e| located(listener_field.clone(), e))?;
+            let key = loaded.key(cert, key).map_err(|e| located(listener_field.clone(), e))?;
             Some(tls::server_config(mode, key, listener_paths.ca.as_deref()).map_err(|e| located(listener_field.clone(), e))?)
         }
         _ => None,
@@ -203,7 +225,7 @@ fn build_tls_routing(
                 let p = own.paths();
                 let field = format!("route[{j}] ({}).downstream_tls", rc.name);
                 let at = |e| config.locate(r.span(), field.clone(), e);
-                let key = tls::load_certified_key(path(&p.cert), path(&p.key)).map_err(|e| at(e.to_string()))?;
+                let key = loaded.key(path(&p.cert), path(&p.key)).map_err(|e| at(e.to_string()))?;
                 let ca = p.ca.as_deref().or(listener_paths.ca.as_deref());
                 tls::server_config(mode, key, ca).map_err(|e| at(e.to_string()))?
             }

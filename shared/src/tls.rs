@@ -111,6 +111,44 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     Ok(Arc::new(certified))
 }
 
+/// What an operator asks about a loaded credential: which certificate is live and
+/// until when. Recorded at every (re)load; never holds key material.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialInfo {
+    /// The certificate file.
+    pub cert_file: PathBuf,
+    /// Leaf subject, RFC 4514.
+    pub subject: String,
+    /// Leaf serial number, hex.
+    pub serial: String,
+    /// Leaf expiry.
+    pub not_after: SystemTime,
+    /// When this certificate was loaded.
+    pub loaded_at: SystemTime,
+}
+
+impl CredentialInfo {
+    /// Describes the leaf of `key`, loaded from `cert_file`.
+    pub fn of(cert_file: &Path, key: &CertifiedKey) -> CredentialInfo {
+        let mut info = CredentialInfo {
+            cert_file: cert_file.to_owned(),
+            subject: String::new(),
+            serial: String::new(),
+            not_after: SystemTime::UNIX_EPOCH,
+            loaded_at: SystemTime::now(),
+        };
+        if let Some(leaf) = key.cert.first() {
+            if let Ok((_, parsed)) = x509_parser::parse_x509_certificate(leaf) {
+                info.subject = parsed.subject().to_string();
+                info.serial = parsed.raw_serial_as_string();
+                let secs = parsed.validity().not_after.timestamp().max(0) as u64;
+                info.not_after = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            }
+        }
+        info
+    }
+}
+
 fn required<'a>(path: &'a Option<PathBuf>, what: &str) -> Result<&'a Path, TlsError> {
     path.as_deref().ok_or_else(|| file_error(Path::new("<config>"), format!("no {what} file configured")))
 }
@@ -148,24 +186,22 @@ pub fn refusing_server_config() -> Arc<ServerConfig> {
     Arc::new(config)
 }
 
-/// Builds the configuration for originating TLS to one route's upstream.
-pub fn client_config(mode: TlsMode, paths: &CredentialPaths) -> Result<Arc<ClientConfig>, TlsError> {
+/// Builds the configuration for originating TLS to one route's upstream; `client_key`
+/// is presented in mutual mode.
+pub fn client_config(client_key: Option<Arc<CertifiedKey>>, paths: &CredentialPaths) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = load_roots(required(&paths.ca, "CA")?)?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|source| TlsError::Rustls { context: "client protocol versions".into(), source })?
         .with_root_certificates(roots);
-    let config = match mode {
-        TlsMode::Mutual => {
-            let key = load_certified_key(required(&paths.cert, "certificate")?, required(&paths.key, "key")?)?;
-            builder.with_client_cert_resolver(Arc::new(Fixed(key)))
-        }
-        _ => builder.with_no_client_auth(),
+    let config = match client_key {
+        Some(key) => builder.with_client_cert_resolver(Arc::new(Fixed(key))),
+        None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
 }
 
-/// Always presents the same certificate (the hot-reload issue will swap it).
+/// Presents one certificate; a reload builds a new config rather than mutating this.
 #[derive(Debug)]
 struct Fixed(Arc<CertifiedKey>);
 
