@@ -6,6 +6,74 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::identity::Identity;
+use crate::metrics::{self, ClosedLabels, ConnectionLabels, RefusalLabels};
+
+/// Why a connection was refused before a route was taken; a fixed set, so it can be a
+/// metrics label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// SNI names no route at this listener.
+    UnknownSni,
+    /// No SNI and no `default_route`.
+    NoSni,
+    /// The first bytes were not a TLS ClientHello.
+    NotTls,
+    /// Mutual TLS, and the client presented no certificate.
+    NoClientCert,
+    /// The client certificate does not chain to the listener's CA.
+    UnknownCa,
+    /// The client certificate is expired, not yet valid, revoked, lacks clientAuth, ...
+    BadCertificate,
+    /// The client offered only TLS versions below the listener's minimum.
+    ProtocolVersion,
+    /// The client offered nothing we accept (cipher suites, groups, signatures).
+    Incompatible,
+    /// The client did not finish its handshake (or send its first byte) in time.
+    Timeout,
+    /// A plaintext client where only TLS is accepted, or with no route for plaintext.
+    Plaintext,
+    /// The listener went away under the connection (reload).
+    ListenerRemoved,
+    /// Anything else: I/O errors, alerts from the client, ...
+    Other,
+}
+
+impl Refusal {
+    /// Stable label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::UnknownSni => "unknown_sni",
+            Refusal::NoSni => "no_sni",
+            Refusal::NotTls => "not_tls",
+            Refusal::NoClientCert => "no_client_cert",
+            Refusal::UnknownCa => "unknown_ca",
+            Refusal::BadCertificate => "bad_certificate",
+            Refusal::ProtocolVersion => "protocol_version",
+            Refusal::Incompatible => "incompatible",
+            Refusal::Timeout => "timeout",
+            Refusal::Plaintext => "plaintext",
+            Refusal::ListenerRemoved => "listener_removed",
+            Refusal::Other => "other",
+        }
+    }
+
+    /// Classifies a failed server handshake from the error tokio-rustls returned.
+    pub fn of_handshake(error: &std::io::Error) -> Refusal {
+        use rustls::{CertificateError as C, Error as E, PeerIncompatible as P};
+        let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<E>()) else {
+            return Refusal::Other;
+        };
+        match tls {
+            E::NoCertificatesPresented => Refusal::NoClientCert,
+            E::InvalidCertificate(C::UnknownIssuer) => Refusal::UnknownCa,
+            E::InvalidCertificate(_) => Refusal::BadCertificate,
+            E::PeerIncompatible(P::Tls12NotOffered | P::Tls12NotOfferedOrEnabled | P::SupportedVersionsExtensionRequired) => Refusal::ProtocolVersion,
+            E::PeerIncompatible(_) => Refusal::Incompatible,
+            E::InvalidMessage(_) => Refusal::NotTls,
+            _ => Refusal::Other,
+        }
+    }
+}
 
 /// How a connection ended; the class is stable (for metrics), the text is for people.
 #[derive(Debug)]
@@ -13,7 +81,9 @@ pub enum Outcome {
     /// Both sides closed cleanly.
     Closed,
     /// Refused before a route was taken: handshake failure, unknown SNI, timeout.
-    Refused(String),
+    Refused(Refusal, String),
+    /// The client's identity is not on the route's allow list.
+    Denied(String),
     /// The route's upstream could not be reached or refused origination.
     UpstreamFailed(String),
     /// An error on either side after the relay started.
@@ -25,7 +95,8 @@ impl Outcome {
     pub fn class(&self) -> &'static str {
         match self {
             Outcome::Closed => "closed",
-            Outcome::Refused(_) => "refused",
+            Outcome::Refused(..) => "refused",
+            Outcome::Denied(_) => "denied",
             Outcome::UpstreamFailed(_) => "upstream_failed",
             Outcome::RelayFailed(_) => "relay_failed",
         }
@@ -34,7 +105,7 @@ impl Outcome {
     fn reason(&self) -> &str {
         match self {
             Outcome::Closed => "eof",
-            Outcome::Refused(r) | Outcome::UpstreamFailed(r) | Outcome::RelayFailed(r) => r,
+            Outcome::Refused(_, r) | Outcome::Denied(r) | Outcome::UpstreamFailed(r) | Outcome::RelayFailed(r) => r,
         }
     }
 }
@@ -46,6 +117,10 @@ pub struct AccessLog {
     pub start: SystemTime,
     /// Listener name.
     pub listener: Arc<str>,
+    /// `outbound` (egress) or `inbound` (ingress), as Istio labels it.
+    pub direction: &'static str,
+    /// Whether the client side completed mutual TLS.
+    pub mtls: bool,
     /// Route name, once chosen.
     pub route: Option<String>,
     /// The client's address.
@@ -69,6 +144,8 @@ impl Default for AccessLog {
         AccessLog {
             start: SystemTime::UNIX_EPOCH,
             listener: Arc::from(""),
+            direction: "outbound",
+            mtls: false,
             route: None,
             downstream: SocketAddr::from(([0, 0, 0, 0], 0)),
             upstream: None,
@@ -82,8 +159,40 @@ impl Default for AccessLog {
 }
 
 impl AccessLog {
-    /// Writes the line: `info` for a clean close, `warn` for anything else.
+    /// Labels for the connection metrics of this connection.
+    pub fn labels(&self) -> ConnectionLabels {
+        ConnectionLabels {
+            listener: self.listener.to_string(),
+            route: self.route.clone().unwrap_or_default(),
+            direction: self.direction,
+            mtls: if self.mtls { "true" } else { "false" },
+        }
+    }
+
+    /// Counts the closed connection in the metrics.
+    fn count(&self, outcome: &Outcome) {
+        let m = metrics::get();
+        let labels = self.labels();
+        if self.bytes_sent > 0 || self.bytes_received > 0 {
+            m.sent_bytes.get_or_create(&labels).inc_by(self.bytes_sent);
+            m.received_bytes.get_or_create(&labels).inc_by(self.bytes_received);
+        }
+        let refusal = match outcome {
+            Outcome::Refused(reason, _) => Some(reason.as_str()),
+            Outcome::Denied(_) => Some("denied_identity"),
+            _ => None,
+        };
+        if let Some(reason) = refusal {
+            m.handshake_failures.get_or_create(&RefusalLabels { listener: labels.listener.clone(), reason }).inc();
+        }
+        let ConnectionLabels { listener, route, direction, mtls } = labels;
+        m.closed.get_or_create(&ClosedLabels { listener, route, direction, mtls, outcome: outcome.class() }).inc();
+    }
+
+    /// Writes the line (`info` for a clean close, `warn` for anything else) and counts
+    /// the connection in the metrics.
     pub fn emit(&self, outcome: Outcome) {
+        self.count(&outcome);
         let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         let start = humantime::format_rfc3339_millis(self.start).to_string();
         let route = dash(self.route.clone());

@@ -112,6 +112,38 @@ pub struct ListenerConfig {
     /// Longest wait for a client to finish its TLS handshake.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Istio's PeerAuthentication mode at a TLS listener.
+    #[serde(default)]
+    pub peer_auth: PeerAuth,
+    /// Most connections open at once; beyond it new ones are closed at accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+/// Whether a TLS listener also takes plaintext (Istio PeerAuthentication `mtls.mode`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerAuth {
+    /// TLS only (with client certificates in `mutual` mode).
+    #[default]
+    Strict,
+    /// TLS and plaintext on the same port, told apart by the first byte; plaintext
+    /// clients take the listener's `default_route`. For migrations.
+    Permissive,
+    /// Plaintext only, to `default_route`; the listener's TLS settings are not used.
+    Disable,
+}
+
+/// Lowest TLS version a side accepts.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    V1_3,
 }
 
 /// One destination: the SNI hosts that select it and the upstream it connects to.
@@ -135,6 +167,13 @@ pub struct RouteConfig {
     /// Server certificate this route presents at TLS listeners, chosen by SNI
     /// (overrides the listener's `tls` credential for this route's hosts).
     pub downstream_tls: Option<TlsConfig>,
+    /// Client identities allowed to use this route (see [`crate::authz`]); empty: any
+    /// client the listener's TLS accepted.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// A connection with no bytes either way for this long is closed.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 /// TLS settings, used for termination (listener `tls`, route `downstream_tls`) and
@@ -156,6 +195,21 @@ pub struct TlsConfig {
     pub ca: Option<PathBuf>,
     /// SNI and verified name on origination; defaults to the upstream host.
     pub sni: Option<String>,
+    /// Lowest TLS version accepted: "1.2" (default) or "1.3".
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// Cipher suites in preference order (rustls names, e.g. "TLS13_AES_128_GCM_SHA256");
+    /// default: the provider's list.
+    pub cipher_suites: Option<Vec<String>>,
+    /// Certificate revocation list(s), PEM, checked against client certificates.
+    pub ca_crl: Option<PathBuf>,
+    /// On origination, names the server certificate must carry (one of them): SPIFFE
+    /// URIs or DNS names, like DestinationRule `subjectAltNames`. When set, they replace
+    /// the check of `sni` against the certificate unless `verify_hostname = true`.
+    pub subject_alt_names: Option<Vec<String>>,
+    /// On origination, also check the certificate against `sni` when
+    /// `subject_alt_names` is set.
+    pub verify_hostname: Option<bool>,
 }
 
 /// Istio's TLS modes, spelled in lower case.
@@ -238,6 +292,14 @@ fn default_handshake_timeout() -> Duration {
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_max_connections() -> usize {
+    16384
 }
 
 /// Splits `host:port` (IPv6 in brackets) without resolving anything.
@@ -392,6 +454,9 @@ impl Config {
                 Err(err(field, format!("no route is named {name:?}")))
             }
         };
+        if listener.max_connections == 0 {
+            return Err(err("max_connections", "must be at least 1".into()));
+        }
         match &listener.tls {
             None => {
                 if role == Role::Ingress {
@@ -404,8 +469,14 @@ impl Config {
                     return Err(err("route", "a plain listener cannot read SNI: name the one route it serves".into()));
                 };
                 known(route, "route")?;
+                if self.routes.iter().any(|r| &r.get_ref().name == route && !r.get_ref().allow.is_empty()) {
+                    return Err(err("route", format!("route {route:?} has an `allow` list, but a plain listener has no client identity to check: it would refuse everyone")));
+                }
                 if listener.default_route.is_some() {
                     return Err(err("default_route", "only TLS listeners have a default route; a plain listener uses `route`".into()));
+                }
+                if listener.peer_auth != PeerAuth::Strict {
+                    return Err(err("peer_auth", "a plain listener takes plaintext anyway; peer_auth applies to TLS listeners".into()));
                 }
             }
             Some(tls) => {
@@ -414,6 +485,13 @@ impl Config {
                 }
                 if let Some(d) = &listener.default_route {
                     known(d, "default_route")?;
+                }
+                if listener.peer_auth != PeerAuth::Strict && listener.default_route.is_none() {
+                    return Err(err("default_route", "plaintext clients cannot send SNI: peer_auth \"permissive\" or \"disable\" needs the route they take".into()));
+                }
+                self.validate_tls_policy(tls, &|field, msg| err(field, msg), "tls")?;
+                if tls.subject_alt_names.is_some() || tls.verify_hostname.is_some() {
+                    return Err(err("tls.subject_alt_names", "server names are checked on origination; at a listener use a route's `allow`".into()));
                 }
                 match tls.mode {
                     Some(TlsMode::Mutual | TlsMode::Simple) => {}
@@ -428,6 +506,12 @@ impl Config {
                 let p = tls.paths();
                 if p.cert.is_some() != p.key.is_some() {
                     return Err(err("tls", "give both a certificate and its key (or `dir` holding tls.crt and tls.key)".into()));
+                }
+                let routes_with_allow = self.routes.iter().map(|r| r.get_ref()).filter(|r| !r.allow.is_empty());
+                if tls.mode == Some(TlsMode::Simple) {
+                    if let Some(r) = routes_with_allow.filter(|r| self.tls_listeners_of(r).any(|n| n == listener.name)).next() {
+                        return Err(err("tls.mode", format!("route {:?} has an `allow` list, but mode \"simple\" asks no client certificate: use \"mutual\"", r.name)));
+                    }
                 }
                 if tls.mode == Some(TlsMode::Mutual) && p.ca.is_none() {
                     return Err(err("tls.ca", "mode \"mutual\" verifies client certificates: give `ca` (or `dir` holding ca.crt)".into()));
@@ -481,6 +565,26 @@ impl Config {
                 }
             }
         }
+        for pattern in &route.allow {
+            crate::authz::Pattern::parse(pattern).map_err(|e| err("allow", e.to_string()))?;
+        }
+        if let Some(tls) = &route.upstream_tls {
+            self.validate_tls_policy(tls, &|field, msg| err(field, msg), "upstream_tls")?;
+            if tls.ca_crl.is_some() {
+                return Err(err("upstream_tls.ca_crl", "revocation lists apply to client certificates: set ca_crl on the listener's tls".into()));
+            }
+            if tls.verify_hostname.is_some() && tls.subject_alt_names.is_none() {
+                return Err(err("upstream_tls.verify_hostname", "only meaningful with subject_alt_names (without them the host name is always verified)".into()));
+            }
+        }
+        if let Some(tls) = &route.downstream_tls {
+            if tls.subject_alt_names.is_some() || tls.verify_hostname.is_some() {
+                return Err(err("downstream_tls.subject_alt_names", "server names are checked on origination (upstream_tls); clients are restricted with `allow`".into()));
+            }
+            if tls.cipher_suites.is_some() || tls.min_version != TlsVersion::default() {
+                return Err(err("downstream_tls", "versions and cipher suites are the listener's: set them in the listener's tls".into()));
+            }
+        }
         if let Some(tls) = &route.downstream_tls {
             if tls.mode.is_some() || tls.sni.is_some() {
                 return Err(err("downstream_tls", "only credential fields (dir, cert, key, ca) belong here; the listener's tls.mode applies".into()));
@@ -504,11 +608,31 @@ impl Config {
             .chain(self.routes.iter().flat_map(|r| [r.get_ref().upstream_tls.as_ref(), r.get_ref().downstream_tls.as_ref()]).flatten());
         for tls in tls_blocks {
             let p = tls.paths();
-            files.extend([p.cert, p.key, p.ca].into_iter().flatten());
+            files.extend([p.cert, p.key, p.ca, tls.ca_crl.clone()].into_iter().flatten());
         }
         files.sort();
         files.dedup();
         files
+    }
+
+    fn validate_tls_policy(
+        &self,
+        tls: &TlsConfig,
+        err: &dyn Fn(&str, String) -> ConfigError,
+        at: &str,
+    ) -> Result<(), ConfigError> {
+        for name in tls.cipher_suites.iter().flatten() {
+            if crate::tls::cipher_suite(name).is_none() {
+                return Err(err(&format!("{at}.cipher_suites"), format!("unknown cipher suite {name:?}; known: {}", crate::tls::cipher_suite_names().join(", "))));
+            }
+        }
+        if tls.cipher_suites.as_ref().is_some_and(|s| s.is_empty()) {
+            return Err(err(&format!("{at}.cipher_suites"), "an empty list allows no connection; remove it for the defaults".into()));
+        }
+        for name in tls.subject_alt_names.iter().flatten() {
+            crate::tls::san_pattern(name).map_err(|e| err(&format!("{at}.subject_alt_names"), e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Position of a listener or route entry, for errors raised after parsing

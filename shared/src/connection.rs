@@ -1,10 +1,10 @@
 //! One accepted connection through the whole pipeline:
-//! accept (plain | TLS) -> pick a route (by listener or by SNI) -> connect (plain | TLS)
-//! -> relay -> one access-log line.
+//! accept (plain | TLS) -> pick a route (by listener or by SNI) -> authorize -> connect
+//! (plain | TLS) -> relay -> one access-log line.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use rustls::server::Acceptor;
@@ -13,12 +13,22 @@ use tokio::time::timeout_at;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::either::Either;
 
-use crate::access_log::{AccessLog, Outcome};
+use crate::access_log::{AccessLog, Outcome, Refusal};
+use crate::config::{PeerAuth, Role};
+use crate::metrics::{self, ListenerLabels};
 use crate::identity::Identity;
 use crate::relay::relay;
 use crate::resolve::Resolver;
 use crate::route::{Route, Routing, TlsRouting};
 use crate::upstream::{self, Stream};
+
+/// First byte of every TLS record carrying a handshake message (the ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// TCP keepalive on both sides: finds peers that vanished without a FIN (a node that
+/// died, a NAT that forgot the flow) long before the idle timeout would.
+const KEEPALIVE_TIME: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What every connection of a process shares.
 pub struct Context {
@@ -26,13 +36,28 @@ pub struct Context {
     pub table: ArcSwap<crate::route::RouteTable>,
     /// Upstream name resolution.
     pub resolver: Resolver,
+    /// Which binary this is (labels metrics `outbound` or `inbound`).
+    pub role: Role,
+}
+
+/// Sets the socket options every proxied TCP connection gets.
+pub fn tune_socket(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_TIME).with_interval(KEEPALIVE_INTERVAL);
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
 }
 
 /// Serves one accepted connection to the end and logs it.
 pub async fn handle(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, context: Arc<Context>) {
+    let active = metrics::get().active.get_or_create(&ListenerLabels { listener: listener.to_string() }).clone();
+    active.inc();
     let mut log = AccessLog {
         start: SystemTime::now(),
         listener,
+        direction: match context.role {
+            Role::Egress => "outbound",
+            Role::Ingress => "inbound",
+        },
         downstream: peer,
         ..AccessLog::default()
     };
@@ -40,27 +65,42 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, contex
     let outcome = serve(tcp, &context, &mut log).await;
     log.duration = clock.elapsed();
     log.emit(outcome);
+    active.dec();
 }
 
 async fn serve(tcp: TcpStream, context: &Context, log: &mut AccessLog) -> Outcome {
     let table = context.table.load_full();
     let Some(plan) = table.listener(&log.listener) else {
-        return Outcome::Refused("listener was removed".into());
+        return Outcome::Refused(Refusal::ListenerRemoved, "listener was removed".into());
     };
     let (downstream, route) = match &plan.routing {
         Routing::Plain(route) => (Either::Left(tcp), route.clone()),
-        Routing::Tls(routing) => match accept_tls(tcp, routing, log).await {
+        Routing::Tls(routing) => match accept(tcp, routing, log).await {
             Ok(accepted) => accepted,
             Err(outcome) => return outcome,
         },
     };
     log.route = Some(route.name.clone());
+    if !route.allow.allows(log.identity.as_ref()) {
+        let who = log.identity.as_ref().map_or_else(|| "a client without a certificate".to_owned(), |id| format!("identity {id}"));
+        return Outcome::Denied(format!("{who} is not on route {:?}'s allow list", route.name));
+    }
+    metrics::get().opened.get_or_create(&log.labels()).inc();
+    let connecting = Instant::now();
     let (upstream, address) = match upstream::connect(&route, &context.resolver).await {
         Ok(connected) => connected,
-        Err(e) => return Outcome::UpstreamFailed(e.to_string()),
+        Err(e) => {
+            let labels = metrics::RouteLabels { route: route.name.clone() };
+            if matches!(e, upstream::UpstreamError::Resolve(_)) {
+                metrics::get().dns_failures.get_or_create(&labels).inc();
+            }
+            metrics::get().upstream_failures.get_or_create(&labels).inc();
+            return Outcome::UpstreamFailed(e.to_string());
+        }
     };
+    metrics::get().upstream_connected(&route.name, connecting.elapsed());
     log.upstream = Some(address);
-    let moved = relay(downstream, upstream).await;
+    let moved = relay(downstream, upstream, route.idle_timeout).await;
     log.bytes_received = moved.from_downstream;
     log.bytes_sent = moved.from_upstream;
     match moved.error {
@@ -69,30 +109,61 @@ async fn serve(tcp: TcpStream, context: &Context, log: &mut AccessLog) -> Outcom
     }
 }
 
-/// Reads the ClientHello, picks the route by SNI and completes the handshake with that
-/// route's certificate, all within the listener's handshake timeout.
-async fn accept_tls(tcp: TcpStream, routing: &TlsRouting, log: &mut AccessLog) -> Result<(Stream, Arc<Route>), Outcome> {
+/// Accepts at a TLS listener: TLS, or plaintext where peer authentication allows it.
+async fn accept(tcp: TcpStream, routing: &TlsRouting, log: &mut AccessLog) -> Result<(Stream, Arc<Route>), Outcome> {
     let deadline = tokio::time::Instant::now() + routing.handshake_timeout;
-    let timed_out = || Outcome::Refused(format!("TLS handshake not completed within {:?}", routing.handshake_timeout));
+    let plaintext = match routing.peer_auth {
+        PeerAuth::Strict => false,
+        PeerAuth::Disable => true,
+        PeerAuth::Permissive => !starts_with_tls(&tcp, deadline, routing.handshake_timeout).await?,
+    };
+    if plaintext {
+        let entry = routing.default.as_ref().ok_or_else(|| Outcome::Refused(Refusal::Plaintext, "plaintext client and no default_route".into()))?;
+        return Ok((Either::Left(tcp), entry.route.clone()));
+    }
+    accept_tls(tcp, routing, deadline, log).await
+}
+
+/// Peeks (without consuming) until the first byte shows whether the client speaks TLS.
+async fn starts_with_tls(tcp: &TcpStream, deadline: tokio::time::Instant, limit: Duration) -> Result<bool, Outcome> {
+    let mut first = [0u8; 1];
+    match timeout_at(deadline, tcp.peek(&mut first)).await {
+        Err(_) => Err(Outcome::Refused(Refusal::Timeout, format!("no first byte within {limit:?}"))),
+        Ok(Err(e)) => Err(Outcome::Refused(Refusal::Other, format!("read failed before the first byte: {e}"))),
+        Ok(Ok(0)) => Err(Outcome::Refused(Refusal::Other, "closed before sending anything".into())),
+        Ok(Ok(_)) => Ok(first[0] == TLS_HANDSHAKE_RECORD),
+    }
+}
+
+/// Reads the ClientHello, picks the route by SNI and completes the handshake with that
+/// route's certificate, all before `deadline`.
+async fn accept_tls(
+    tcp: TcpStream,
+    routing: &TlsRouting,
+    deadline: tokio::time::Instant,
+    log: &mut AccessLog,
+) -> Result<(Stream, Arc<Route>), Outcome> {
+    let timed_out = || Outcome::Refused(Refusal::Timeout, format!("TLS handshake not completed within {:?}", routing.handshake_timeout));
     let start = timeout_at(deadline, LazyConfigAcceptor::new(Acceptor::default(), tcp))
         .await
         .map_err(|_| timed_out())?
-        .map_err(|e| Outcome::Refused(format!("bad ClientHello: {e}")))?;
+        .map_err(|e| Outcome::Refused(Refusal::of_handshake(&e), format!("bad ClientHello: {e}")))?;
     let sni = start.client_hello().server_name().map(str::to_owned);
     log.sni = sni.clone();
     let Some(entry) = routing.select(sni.as_deref()) else {
         // Finish the handshake with a config that has no certificate, so the client gets
         // an alert instead of a bare reset.
         let _ = timeout_at(deadline, start.into_stream(routing.refuse.clone())).await;
-        return Err(Outcome::Refused(match sni {
-            Some(host) => format!("unknown SNI {host:?}"),
-            None => "no SNI and the listener has no default_route".into(),
-        }));
+        return Err(match sni {
+            Some(host) => Outcome::Refused(Refusal::UnknownSni, format!("unknown SNI {host:?}")),
+            None => Outcome::Refused(Refusal::NoSni, "no SNI and the listener has no default_route".into()),
+        });
     };
     let tls = timeout_at(deadline, start.into_stream(entry.server.clone()))
         .await
         .map_err(|_| timed_out())?
-        .map_err(|e| Outcome::Refused(format!("TLS handshake failed: {e}")))?;
+        .map_err(|e| Outcome::Refused(Refusal::of_handshake(&e), format!("TLS handshake failed: {e}")))?;
     log.identity = tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(Identity::from_cert);
+    log.mtls = log.identity.is_some();
     Ok((Either::Right(tls.into()), entry.route.clone()))
 }

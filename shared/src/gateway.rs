@@ -16,13 +16,13 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Role, TlsMode};
 use crate::connection::Context;
-use crate::listener::accept_loop;
+use crate::listener::AcceptLoop;
 use crate::resolve::Resolver;
 use crate::route::{RouteTable, Routing};
 use crate::watch::{self, FileWatcher};
@@ -71,10 +71,34 @@ pub fn check(config: &Config) -> Result<RouteTable, StartError> {
     Ok(RouteTable::build(config)?)
 }
 
-/// A bound listener and the token that stops its accept loop alone.
+/// A bound listener, its connection limit and the token that stops its accept loop.
 struct Bound {
     address: SocketAddr,
     stop: CancellationToken,
+    permits: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+impl Bound {
+    /// Applies a reloaded limit without disturbing connections that hold permits.
+    fn resize(&mut self, max_connections: usize) {
+        if max_connections > self.max_connections {
+            self.permits.add_permits(max_connections - self.max_connections);
+        } else {
+            let excess = self.max_connections - max_connections;
+            let forgotten = self.permits.forget_permits(excess);
+            if forgotten < excess {
+                // Busy now: take the rest back as open connections close.
+                let permits = self.permits.clone();
+                tokio::spawn(async move {
+                    if let Ok(p) = permits.acquire_many_owned((excess - forgotten) as u32).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        self.max_connections = max_connections;
+    }
 }
 
 /// The running process: what a reload changes and what shutdown stops.
@@ -134,6 +158,7 @@ impl Gateway {
             context: Arc::new(Context {
                 table: ArcSwap::from_pointee(RouteTable { listeners: Vec::new(), credentials: Vec::new() }),
                 resolver: Resolver::new(&config.resolver)?,
+                role,
             }),
             listeners: HashMap::new(),
             shutdown: CancellationToken::new(),
@@ -173,6 +198,8 @@ impl Gateway {
         let previous = status.take();
         let (succeeded, failed) = previous.map_or((0, 0), |s| (s.succeeded, s.failed));
         let result = result.map_err(|e| e.to_string());
+        let label = crate::metrics::ReloadLabels { result: if result.is_ok() { "success" } else { "failure" } };
+        crate::metrics::get().reloads.get_or_create(&label).inc();
         match &result {
             Ok(()) => tracing::info!(trigger, "configuration and credentials reloaded"),
             Err(e) => tracing::error!(trigger, error = %e, "reload refused; the previous configuration and credentials stay in use"),
@@ -204,6 +231,13 @@ impl Gateway {
         }
         self.log_credentials(&table);
         let names: Vec<(String, SocketAddr)> = table.listeners.iter().map(|p| (p.name.clone(), p.address)).collect();
+        for plan in &table.listeners {
+            if let Some(bound) = self.listeners.get_mut(&plan.name) {
+                if bound.address == plan.address && bound.max_connections != plan.max_connections {
+                    bound.resize(plan.max_connections);
+                }
+            }
+        }
         self.context.table.store(Arc::new(table));
         self.listeners.retain(|name, bound| {
             let keep = names.iter().any(|(n, a)| n == name && *a == bound.address);
@@ -220,9 +254,20 @@ impl Gateway {
             };
             tracing::info!(listener = %plan.name, address = %socket.local_addr().unwrap_or(plan.address), %kind, "listening");
             let stop = self.shutdown.child_token();
-            let name = Arc::from(plan.name.as_str());
-            tokio::spawn(accept_loop(socket, name, self.context.clone(), stop.clone(), self.tracker.clone()));
-            self.listeners.insert(plan.name.clone(), Bound { address: plan.address, stop });
+            let permits = Arc::new(Semaphore::new(plan.max_connections));
+            tokio::spawn(
+                AcceptLoop {
+                    socket,
+                    name: Arc::from(plan.name.as_str()),
+                    context: self.context.clone(),
+                    permits: permits.clone(),
+                    stop: stop.clone(),
+                    tracker: self.tracker.clone(),
+                }
+                .run(),
+            );
+            let bound = Bound { address: plan.address, stop, permits, max_connections: plan.max_connections };
+            self.listeners.insert(plan.name.clone(), bound);
         }
         self.watched_files = config.watched_files();
         self.inputs = inputs;
@@ -234,7 +279,12 @@ impl Gateway {
 
     fn log_credentials(&self, table: &RouteTable) {
         let now = SystemTime::now();
+        let expiry = &crate::metrics::get().cert_not_after;
+        expiry.clear();
         for credential in &table.credentials {
+            let labels = crate::metrics::CredentialLabels { file: credential.cert_file.display().to_string(), serial: credential.serial.clone() };
+            let not_after = credential.not_after.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            expiry.get_or_create(&labels).set(not_after.as_secs_f64());
             let left = credential.not_after.duration_since(now).unwrap_or_default();
             let expires = humantime::format_rfc3339_seconds(credential.not_after);
             if left < self.cert_warning_window {

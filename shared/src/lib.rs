@@ -8,6 +8,7 @@
 //! demo and test certificates.
 
 pub mod access_log;
+pub mod authz;
 pub mod certs;
 pub mod cli;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod connection;
 pub mod gateway;
 pub mod identity;
 pub mod listener;
+pub mod metrics;
 pub mod relay;
 pub mod resolve;
 pub mod route;

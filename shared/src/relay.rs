@@ -6,7 +6,11 @@
 //! shut down (TLS: close_notify, then TCP FIN) and the opposite direction carries on, so
 //! half-close survives the hop. An error on either side ends both directions at once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 /// Size of each direction's copy buffer: one TLS record's worth of plaintext.
 const BUFFER_SIZE: usize = 16 * 1024;
@@ -22,9 +26,9 @@ pub struct RelayOutcome {
     pub error: Option<String>,
 }
 
-/// Copies both ways between `downstream` and `upstream` until both directions finish
-/// or either fails.
-pub async fn relay<D, U>(downstream: D, upstream: U) -> RelayOutcome
+/// Copies both ways between `downstream` and `upstream` until both directions finish,
+/// either fails, or no byte moves either way for `idle_timeout`.
+pub async fn relay<D, U>(downstream: D, upstream: U, idle_timeout: Duration) -> RelayOutcome
 where
     D: AsyncRead + AsyncWrite,
     U: AsyncRead + AsyncWrite,
@@ -32,22 +36,58 @@ where
     let (mut down_read, mut down_write) = tokio::io::split(downstream);
     let (mut up_read, mut up_write) = tokio::io::split(upstream);
     let mut outcome = RelayOutcome::default();
-    let result = tokio::try_join!(
-        pump(&mut down_read, &mut up_write, &mut outcome.from_downstream, "downstream", "upstream"),
-        pump(&mut up_read, &mut down_write, &mut outcome.from_upstream, "upstream", "downstream"),
-    );
+    let activity = Activity::new();
+    let result = tokio::select! {
+        copied = async {
+            tokio::try_join!(
+                pump(&mut down_read, &mut up_write, &mut outcome.from_downstream, &activity, "downstream", "upstream"),
+                pump(&mut up_read, &mut down_write, &mut outcome.from_upstream, &activity, "upstream", "downstream"),
+            )
+            .map(|_| ())
+        } => copied,
+        idle = activity.expired(idle_timeout) => Err(idle),
+    };
     outcome.error = result.err();
     outcome
 }
 
+/// When bytes last moved in either direction, for the idle timeout.
+struct Activity {
+    base: Instant,
+    /// Milliseconds after `base` of the latest read.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { base: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `limit`.
+    async fn expired(&self, limit: Duration) -> String {
+        loop {
+            let deadline = self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + limit;
+            if Instant::now() >= deadline {
+                return format!("idle timeout: no bytes either way for {limit:?}");
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
 /// Copies one direction until EOF, then shuts down the writer to pass the EOF on.
-async fn pump<R, W>(reader: &mut R, writer: &mut W, moved: &mut u64, from: &str, to: &str) -> Result<(), String>
+async fn pump<R, W>(reader: &mut R, writer: &mut W, moved: &mut u64, activity: &Activity, from: &str, to: &str) -> Result<(), String>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buffer = vec![0u8; BUFFER_SIZE];
     loop {
+        activity.touch();
         let n = match reader.read(&mut buffer).await {
             Ok(0) => break,
             Ok(n) => n,
@@ -76,7 +116,7 @@ mod tests {
     async fn half_close_still_carries_the_reply() {
         let (client, down) = duplex(64);
         let (up, server) = duplex(64);
-        let relay = tokio::spawn(relay(down, up));
+        let relay = tokio::spawn(relay(down, up, Duration::from_secs(60)));
         let (mut client_read, mut client_write) = tokio::io::split(client);
         let (mut server_read, mut server_write) = tokio::io::split(server);
         client_write.write_all(b"question").await.unwrap();
@@ -92,5 +132,13 @@ mod tests {
         let outcome = relay.await.unwrap();
         assert_eq!((outcome.from_downstream, outcome.from_upstream), (8, 6));
         assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connection_is_closed() {
+        let (_client, down) = duplex(64);
+        let (up, _server) = duplex(64);
+        let outcome = relay(down, up, Duration::from_secs(5)).await;
+        assert!(outcome.error.unwrap().starts_with("idle timeout"));
     }
 }

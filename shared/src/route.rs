@@ -16,6 +16,8 @@ use rustls_pki_types::ServerName;
 use serde_spanned::Spanned;
 
 use crate::config::{split_host_port, Config, ConfigError, ListenerConfig, RouteConfig, TlsConfig, TlsMode};
+use crate::authz::{AllowList, Pattern};
+use crate::config::PeerAuth;
 use crate::tls;
 
 /// One destination, ready to connect to.
@@ -31,6 +33,10 @@ pub struct Route {
     pub connect_timeout: Duration,
     /// Origination TLS; `None` only where the config says `mode = "disable"`.
     pub origination: Option<Origination>,
+    /// Client identities allowed on this route.
+    pub allow: AllowList,
+    /// A connection idle this long either way is closed.
+    pub idle_timeout: Duration,
     /// Round-robin cursor over the resolved addresses.
     next_address: AtomicUsize,
 }
@@ -78,8 +84,10 @@ pub struct TlsRouting {
     pub default: Option<TlsEntry>,
     /// Answers unknown SNI with an alert.
     pub refuse: Arc<ServerConfig>,
-    /// Longest wait for the client's handshake.
+    /// Longest wait for the client's handshake (and, when sniffing, its first byte).
     pub handshake_timeout: Duration,
+    /// Whether plaintext is accepted too (it takes `default`).
+    pub peer_auth: PeerAuth,
 }
 
 impl TlsRouting {
@@ -99,6 +107,8 @@ pub struct ListenerPlan {
     pub name: String,
     /// Where it binds.
     pub address: SocketAddr,
+    /// Most connections open at once.
+    pub max_connections: usize,
     /// How it picks routes.
     pub routing: Routing,
 }
@@ -135,6 +145,7 @@ impl RouteTable {
             listeners.push(Arc::new(ListenerPlan {
                 name: listener.name.clone(),
                 address: listener.address.expect("validated: every listener has an address"),
+                max_connections: listener.max_connections,
                 routing,
             }));
         }
@@ -178,7 +189,7 @@ fn build_route(config: &Config, i: usize, r: &Spanned<RouteConfig>, loaded: &mut
                 (TlsMode::Mutual, Some(cert), Some(key)) => Some(loaded.key(cert, key).map_err(|e| at("upstream_tls", e))?),
                 _ => None,
             };
-            let client = tls::client_config(key, &paths).map_err(|e| at("upstream_tls", e))?;
+            let client = tls::client_config(key, tls_config).map_err(|e| at("upstream_tls", e))?;
             Some(Origination { config: client, server_name })
         }
     };
@@ -188,6 +199,8 @@ fn build_route(config: &Config, i: usize, r: &Spanned<RouteConfig>, loaded: &mut
         port,
         connect_timeout: route.connect_timeout,
         origination,
+        allow: AllowList(route.allow.iter().map(|p| Pattern::parse(p).expect("validated: allow patterns parse")).collect()),
+        idle_timeout: route.idle_timeout,
         next_address: AtomicUsize::new(0),
     })
 }
@@ -201,7 +214,6 @@ fn build_tls_routing(
     loaded: &mut Loaded,
 ) -> Result<TlsRouting, ConfigError> {
     let listener = l.get_ref();
-    let mode = tls.mode.expect("validated: listener tls.mode is set");
     let listener_paths = tls.paths();
     let located = |field: String, e: tls::TlsError| config.locate(l.span(), field, e.to_string());
     let listener_field = format!("listener[{i}] ({}).tls", listener.name);
@@ -209,7 +221,7 @@ fn build_tls_routing(
     let shared = match (&listener_paths.cert, &listener_paths.key) {
         (Some(cert), Some(key)) => {
             let key = loaded.key(cert, key).map_err(|e| located(listener_field.clone(), e))?;
-            Some(tls::server_config(mode, key, listener_paths.ca.as_deref()).map_err(|e| located(listener_field.clone(), e))?)
+            Some(tls::server_config(tls, key, listener_paths.ca.as_deref(), tls.ca_crl.as_deref()).map_err(|e| located(listener_field.clone(), e))?)
         }
         _ => None,
     };
@@ -227,7 +239,8 @@ fn build_tls_routing(
                 let at = |e| config.locate(r.span(), field.clone(), e);
                 let key = loaded.key(path(&p.cert), path(&p.key)).map_err(|e| at(e.to_string()))?;
                 let ca = p.ca.as_deref().or(listener_paths.ca.as_deref());
-                tls::server_config(mode, key, ca).map_err(|e| at(e.to_string()))?
+                let crl = own.ca_crl.as_deref().or(tls.ca_crl.as_deref());
+                tls::server_config(tls, key, ca, crl).map_err(|e| at(e.to_string()))?
             }
             None => shared.clone().ok_or_else(|| {
                 located(listener_field.clone(), tls::TlsError::File {
@@ -248,7 +261,13 @@ fn build_tls_routing(
         })?),
         None => None,
     };
-    Ok(TlsRouting { by_sni, default, refuse: tls::refusing_server_config(), handshake_timeout: listener.handshake_timeout })
+    Ok(TlsRouting {
+        by_sni,
+        default,
+        refuse: tls::refusing_server_config(),
+        handshake_timeout: listener.handshake_timeout,
+        peer_auth: listener.peer_auth,
+    })
 }
 
 fn path(p: &Option<std::path::PathBuf>) -> &Path {

@@ -10,14 +10,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SupportedCipherSuite};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::config::{CredentialPaths, TlsMode};
+use crate::authz::{Pattern, PatternError};
+use crate::config::{CredentialPaths, TlsConfig, TlsMode, TlsVersion};
+use crate::identity::Identity;
 
 /// A credential or CA file that cannot be used, with the file and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +45,58 @@ fn file_error(file: &Path, reason: impl Into<String>) -> TlsError {
 }
 
 /// The process-wide crypto provider (aws-lc-rs), so every config agrees on it.
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A cipher suite by its rustls name (`TLS13_AES_128_GCM_SHA256`, ...).
+pub fn cipher_suite(name: &str) -> Option<SupportedCipherSuite> {
+    rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES
+        .iter()
+        .find(|s| s.suite().as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        .copied()
+}
+
+/// Every cipher suite name the provider knows, for error messages.
+pub fn cipher_suite_names() -> Vec<&'static str> {
+    rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES.iter().filter_map(|s| s.suite().as_str()).collect()
+}
+
+/// A `subject_alt_names` entry: a URI (SPIFFE ID, `*` per segment) or a DNS name.
+pub fn san_pattern(name: &str) -> Result<Pattern, PatternError> {
+    if name.contains("://") {
+        Pattern::parse(name)
+    } else {
+        Pattern::parse(&format!("dns:{name}"))
+    }
+}
+
+/// The provider restricted to the configured cipher suites (validated names), and the
+/// protocol versions from `min_version`.
+fn policy(tls: &TlsConfig) -> (Arc<CryptoProvider>, &'static [&'static rustls::SupportedProtocolVersion]) {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if let Some(names) = &tls.cipher_suites {
+        provider.cipher_suites = names.iter().filter_map(|n| cipher_suite(n)).collect();
+    }
+    let versions: &'static [&'static rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::V1_2 => rustls::ALL_VERSIONS,
+        TlsVersion::V1_3 => TLS13_ONLY,
+    };
+    (Arc::new(provider), versions)
+}
+
+static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+/// Every CRL in a PEM file.
+pub fn load_crls(file: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let pem = read(file)?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(file, format!("not a PEM CRL file: {e}")))?;
+    if crls.is_empty() {
+        return Err(file_error(file, "holds no PEM CRL (expected -----BEGIN X509 CRL-----)"));
+    }
+    Ok(crls)
 }
 
 fn read(file: &Path) -> Result<Vec<u8>, TlsError> {
@@ -153,18 +207,27 @@ fn required<'a>(path: &'a Option<PathBuf>, what: &str) -> Result<&'a Path, TlsEr
     path.as_deref().ok_or_else(|| file_error(Path::new("<config>"), format!("no {what} file configured")))
 }
 
-/// Builds the configuration a TLS listener uses for one route's hosts.
+/// Builds the configuration a TLS listener uses for one route's hosts: the listener's
+/// `tls` gives mode, versions and suites; `client_ca` and `crl` verify clients.
 pub fn server_config(
-    mode: TlsMode,
+    listener: &TlsConfig,
     key: Arc<CertifiedKey>,
     client_ca: Option<&Path>,
+    crl: Option<&Path>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+    let (provider, versions) = policy(listener);
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
         .map_err(|source| TlsError::Rustls { context: "server protocol versions".into(), source })?;
+    let mode = listener.mode.unwrap_or(TlsMode::Mutual);
     let builder = match (mode, client_ca) {
         (TlsMode::Mutual, Some(ca)) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider())
+            let mut verifier = WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider);
+            if let Some(crl) = crl {
+                // Like Envoy: the leaf's issuer must have a CRL in the file.
+                verifier = verifier.with_crls(load_crls(crl)?).only_check_end_entity_revocation();
+            }
+            let verifier = verifier
                 .build()
                 .map_err(|e| file_error(ca, format!("cannot verify clients with this CA bundle: {e}")))?;
             builder.with_client_cert_verifier(verifier)
@@ -187,13 +250,27 @@ pub fn refusing_server_config() -> Arc<ServerConfig> {
 }
 
 /// Builds the configuration for originating TLS to one route's upstream; `client_key`
-/// is presented in mutual mode.
-pub fn client_config(client_key: Option<Arc<CertifiedKey>>, paths: &CredentialPaths) -> Result<Arc<ClientConfig>, TlsError> {
-    let roots = load_roots(required(&paths.ca, "CA")?)?;
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|source| TlsError::Rustls { context: "client protocol versions".into(), source })?
-        .with_root_certificates(roots);
+/// is presented in mutual mode. The server's chain is verified against the route's CA;
+/// its name against `sni`, or against `subject_alt_names` when those are set.
+pub fn client_config(client_key: Option<Arc<CertifiedKey>>, tls: &TlsConfig) -> Result<Arc<ClientConfig>, TlsError> {
+    let paths: CredentialPaths = tls.paths();
+    let ca = required(&paths.ca, "CA")?;
+    let roots = load_roots(ca)?;
+    let (provider, versions) = policy(tls);
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|source| TlsError::Rustls { context: "client protocol versions".into(), source })?;
+    let builder = match &tls.subject_alt_names {
+        None => builder.with_root_certificates(roots),
+        Some(names) => {
+            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider)
+                .build()
+                .map_err(|e| file_error(ca, format!("cannot verify servers with this CA bundle: {e}")))?;
+            let names = names.iter().filter_map(|n| san_pattern(n).ok()).collect();
+            let verifier = NamedServerVerifier { inner, names, verify_hostname: tls.verify_hostname.unwrap_or(false) };
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier))
+        }
+    };
     let config = match client_key {
         Some(key) => builder.with_client_cert_resolver(Arc::new(Fixed(key))),
         None => builder.with_no_client_auth(),
@@ -218,6 +295,67 @@ impl ResolvesClientCert for Fixed {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+/// Secure naming (DestinationRule `subjectAltNames`): the chain is verified by webpki as
+/// always; the server's identity must then match one of `names`, and its host name is
+/// only required to match SNI when `verify_hostname` is set, so SPIFFE-only server
+/// certificates without a DNS SAN work.
+#[derive(Debug)]
+struct NamedServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    names: Vec<Pattern>,
+    verify_hostname: bool,
+}
+
+/// The server certificate named none of the expected SANs.
+#[derive(Debug)]
+struct UnexpectedServerIdentity(String);
+
+impl std::fmt::Display for UnexpectedServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "server certificate names {}, which is not in subject_alt_names", self.0)
+    }
+}
+
+impl std::error::Error for UnexpectedServerIdentity {}
+
+impl ServerCertVerifier for NamedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Ok(_) => {}
+            // webpki checks the name only after the chain verified.
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }))
+                if !self.verify_hostname => {}
+            Err(e) => return Err(e),
+        }
+        let identity = Identity::from_cert(end_entity);
+        if self.names.iter().any(|p| p.matches(&identity)) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            let names = identity.uris.iter().chain(&identity.dns).cloned().collect::<Vec<_>>().join(", ");
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(UnexpectedServerIdentity(names))))))
+        }
+    }
+
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

@@ -50,7 +50,7 @@ pub async fn connect(route: &Route, resolver: &Resolver) -> Result<(Stream, Sock
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
+        crate::connection::tune_socket(&tcp);
         return Ok((originate(route, *addr, tcp).await?, *addr));
     }
     Err(UpstreamError::Connect(failures.join("; ")))
