@@ -59,6 +59,11 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGKILL and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -152,6 +157,8 @@ pub struct Gateway {
     pub proc: Proc,
     /// The config file it runs with.
     pub config: PathBuf,
+    /// Its admin HTTP port on 127.0.0.1 (a free port picked at start).
+    pub admin_port: u16,
 }
 
 impl Gateway {
@@ -162,6 +169,7 @@ impl Gateway {
         std::fs::write(&config_path, config).unwrap();
         let mut command = Command::new(binary(name));
         command.arg("--config").arg(&config_path).arg("--log-level").arg("info,strait=debug");
+        command.args(["--admin-address", "127.0.0.1:0"]);
         let mut proc = Proc::spawn(command, config_path.with_extension("log"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !proc.output().contains(" ready") {
@@ -171,7 +179,26 @@ impl Gateway {
             assert!(Instant::now() < deadline, "{name} not ready after 20s:\n{}", proc.output());
             std::thread::sleep(Duration::from_millis(20));
         }
-        Gateway { proc, config: config_path }
+        let output = proc.output();
+        let admin_port = output
+            .lines()
+            .find(|l| l.contains("admin listening"))
+            .and_then(|l| l.split("address=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{name} logged no admin address:\n{output}"));
+        Gateway { proc, config: config_path, admin_port }
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// `GET` (or `POST`) on the admin port; returns (status code, body).
+    pub fn admin(&self, method: &str, path: &str) -> (u16, String) {
+        http(self.admin_port, method, path)
     }
 
     /// The access-log lines written so far.
@@ -190,6 +217,18 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A minimal HTTP/1.1 request to 127.0.0.1:port (the admin port needs no more).
+pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let response = read_all(&mut stream);
+    let status = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
 }
 
 /// Runs a gateway binary to completion with `args`; returns (success, stdout+stderr).
@@ -417,3 +456,8 @@ impl Pair {
         Pair { egress, ingress, plain_port, mesh_port, ingress_port }
     }
 }
+
+pub mod digest;
+pub mod dns;
+pub mod redis;
+pub mod kube_secret;

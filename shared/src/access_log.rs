@@ -32,6 +32,8 @@ pub enum Refusal {
     Timeout,
     /// A plaintext client where only TLS is accepted, or with no route for plaintext.
     Plaintext,
+    /// The client closed before finishing its handshake.
+    ClientClosed,
     /// The listener went away under the connection (reload).
     ListenerRemoved,
     /// Anything else: I/O errors, alerts from the client, ...
@@ -52,6 +54,7 @@ impl Refusal {
             Refusal::Incompatible => "incompatible",
             Refusal::Timeout => "timeout",
             Refusal::Plaintext => "plaintext",
+            Refusal::ClientClosed => "client_closed",
             Refusal::ListenerRemoved => "listener_removed",
             Refusal::Other => "other",
         }
@@ -61,7 +64,10 @@ impl Refusal {
     pub fn of_handshake(error: &std::io::Error) -> Refusal {
         use rustls::{CertificateError as C, Error as E, PeerIncompatible as P};
         let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<E>()) else {
-            return Refusal::Other;
+            return match error.kind() {
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => Refusal::ClientClosed,
+                _ => Refusal::Other,
+            };
         };
         match tls {
             E::NoCertificatesPresented => Refusal::NoClientCert,

@@ -7,6 +7,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::certs::{KeyType, ReferenceOptions};
 use crate::config::{Config, Role};
+use crate::telemetry::LogFormat;
 
 #[derive(Parser)]
 #[command(version)]
@@ -17,6 +18,13 @@ struct Cli {
     /// Log level or filter, e.g. `debug` or `info,strait::access=warn`.
     #[arg(long, env = "STRAIT_LOG", default_value = "info", global = true)]
     log_level: String,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Admin HTTP address (health, metrics, config dump, log level); overrides the
+    /// config's `[admin] address`. Port 0 picks a free port (logged).
+    #[arg(long, env = "STRAIT_ADMIN_ADDRESS", global = true)]
+    admin_address: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -65,7 +73,7 @@ pub fn main(role: Role) -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    if let Err(e) = crate::telemetry::init(&cli.log_level) {
+    if let Err(e) = crate::telemetry::init(&cli.log_level, cli.log_format) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
@@ -109,7 +117,7 @@ fn run(role: Role, cli: Cli) -> anyhow::Result<()> {
         None => {
             let path = config_path()?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(crate::gateway::run(path, role))?;
+            runtime.block_on(crate::gateway::run(path, role, cli.admin_address))?;
         }
     }
     Ok(())

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_spanned::Spanned;
 
 /// Which binary is reading the file; it decides defaults and what is allowed.
@@ -72,7 +72,7 @@ pub enum ConfigError {
 }
 
 /// The whole file as written (after role defaults are applied by [`Config::load`]).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Ports to accept on (`[[listener]]`).
@@ -87,8 +87,11 @@ pub struct Config {
     /// Process-wide behaviour: shutdown and certificate warnings.
     #[serde(default)]
     pub process: ProcessSettings,
+    /// The admin HTTP port.
+    #[serde(default)]
+    pub admin: AdminSettings,
     /// File the configuration came from; every later error points back to it.
-    #[serde(skip)]
+    #[serde(skip_deserializing)]
     pub path: PathBuf,
     /// The file's text, kept to turn byte spans into line and column.
     #[serde(skip)]
@@ -96,7 +99,7 @@ pub struct Config {
 }
 
 /// One port the gateway accepts on.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Unique name, used in logs and by routes' `listeners`.
@@ -121,7 +124,7 @@ pub struct ListenerConfig {
 }
 
 /// Whether a TLS listener also takes plaintext (Istio PeerAuthentication `mtls.mode`).
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PeerAuth {
     /// TLS only (with client certificates in `mutual` mode).
@@ -135,7 +138,7 @@ pub enum PeerAuth {
 }
 
 /// Lowest TLS version a side accepts.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub enum TlsVersion {
     /// TLS 1.2 and 1.3.
     #[default]
@@ -147,7 +150,7 @@ pub enum TlsVersion {
 }
 
 /// One destination: the SNI hosts that select it and the upstream it connects to.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Unique name, used in logs and by listeners' `route` / `default_route`.
@@ -180,7 +183,7 @@ pub struct RouteConfig {
 /// origination (route `upstream_tls`). Credential files follow the Kubernetes Secret
 /// layout: `dir` holds `tls.crt`, `tls.key` and `ca.crt`; `cert`, `key`, `ca` override
 /// single files.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// `mutual` (both sides present certificates), `simple` (server only), `disable`.
@@ -213,7 +216,7 @@ pub struct TlsConfig {
 }
 
 /// Istio's TLS modes, spelled in lower case.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     /// Plain TCP. Only allowed where it is explicit, and logged as a warning at start.
@@ -225,7 +228,7 @@ pub enum TlsMode {
 }
 
 /// Where upstream names are looked up.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResolverSettings {
     /// DNS servers (`ip:port`); the system's `/etc/resolv.conf` when empty.
@@ -233,8 +236,34 @@ pub struct ResolverSettings {
     pub nameservers: Vec<SocketAddr>,
 }
 
+/// The admin HTTP listener (`[admin]`): probes, metrics, config dump, log level.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Where it listens; loopback by default, like Istio's 15021/15000.
+    #[serde(default = "default_admin_address")]
+    pub address: SocketAddr,
+    /// Set to false to run without an admin port.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings { address: default_admin_address(), enabled: true }
+    }
+}
+
+fn default_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15021))
+}
+
+fn default_true() -> bool {
+    true
+}
+
 /// Process-wide settings (`[process]`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessSettings {
     /// After SIGTERM, how long open connections may run before they are closed.

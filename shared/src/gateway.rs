@@ -20,7 +20,10 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Role, TlsMode};
+use std::sync::atomic::Ordering;
+
+use crate::admin::{self, AdminState};
+use crate::config::{AdminSettings, Config, Role, TlsMode};
 use crate::connection::Context;
 use crate::listener::AcceptLoop;
 use crate::resolve::Resolver;
@@ -118,15 +121,30 @@ pub struct Gateway {
     inputs: u64,
     /// Latest reload outcome.
     pub status: Arc<Mutex<Option<ReloadStatus>>>,
+    /// What the admin port shows.
+    admin: Arc<AdminState>,
+    /// The admin port's settings as loaded at start (it is not rebound on reload).
+    admin_settings: AdminSettings,
+    /// Stops the admin port, after the drain, so probes see "not ready" meanwhile.
+    admin_stop: CancellationToken,
 }
 
 /// Runs the gateway from `config_path` until SIGTERM or SIGINT, then drains.
-pub async fn run(config_path: PathBuf, role: Role) -> Result<(), StartError> {
+/// `admin_address` overrides the config's admin address.
+pub async fn run(config_path: PathBuf, role: Role, admin_address: Option<SocketAddr>) -> Result<(), StartError> {
     let setup = |what| move |e: std::io::Error| StartError::Setup { what, reason: e.to_string() };
     let mut term = signal(SignalKind::terminate()).map_err(setup("SIGTERM handler"))?;
     let mut hup = signal(SignalKind::hangup()).map_err(setup("SIGHUP handler"))?;
     let (changes_tx, mut changes) = mpsc::channel(1);
     let mut gateway = Gateway::start(config_path, role, changes_tx).await?;
+    if gateway.admin_settings.enabled {
+        let address = admin_address.unwrap_or(gateway.admin_settings.address);
+        let bound = admin::serve(address, gateway.admin.clone(), gateway.admin_stop.clone())
+            .await
+            .map_err(|source| StartError::Bind { name: "admin".into(), address, source })?;
+        tracing::info!(address = %bound, "admin listening");
+    }
+    gateway.admin.ready.store(true, Ordering::Relaxed);
     tracing::info!(role = role.name(), "ready");
     loop {
         tokio::select! {
@@ -169,7 +187,11 @@ impl Gateway {
             watched_files: Vec::new(),
             inputs: 0,
             status: Arc::new(Mutex::new(None)),
+            admin: Arc::default(),
+            admin_settings: AdminSettings::default(),
+            admin_stop: CancellationToken::new(),
         };
+        gateway.admin_settings = AdminSettings { address: config.admin.address, enabled: config.admin.enabled };
         gateway.apply(config, table, inputs).await?;
         Ok(gateway)
     }
@@ -211,6 +233,8 @@ impl Gateway {
             failed: failed + u64::from(result.is_err()),
             result,
         });
+        drop(status);
+        self.refresh_dump(None);
     }
 
     /// Binds what is new, swaps the table in, stops what is gone.
@@ -271,10 +295,49 @@ impl Gateway {
         }
         self.watched_files = config.watched_files();
         self.inputs = inputs;
+        self.refresh_dump(Some(&config));
         self.watcher.watch_files(&self.watched_files);
         self.drain_timeout = config.process.drain_timeout;
         self.cert_warning_window = config.process.cert_warning_window;
         Ok(())
+    }
+
+    /// Rebuilds `/config_dump`: the effective configuration (when `config` is given),
+    /// every loaded certificate (paths, subject, serial, not-after; never keys) and the
+    /// last reload.
+    fn refresh_dump(&self, config: Option<&Config>) {
+        let mut dump = self.admin.config_dump.load().as_ref().clone();
+        if !dump.is_object() {
+            dump = serde_json::json!({});
+        }
+        if let Some(config) = config {
+            dump["config"] = serde_json::to_value(config).unwrap_or_default();
+        }
+        let table = self.context.table.load();
+        dump["credentials"] = table
+            .credentials
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "cert_file": c.cert_file,
+                    "subject": c.subject,
+                    "sans": c.sans,
+                    "serial": c.serial,
+                    "not_after": humantime::format_rfc3339_seconds(c.not_after).to_string(),
+                    "loaded_at": humantime::format_rfc3339_seconds(c.loaded_at).to_string(),
+                })
+            })
+            .collect();
+        if let Some(status) = self.status.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            dump["last_reload"] = serde_json::json!({
+                "at": humantime::format_rfc3339_seconds(status.at).to_string(),
+                "trigger": status.trigger,
+                "result": match &status.result { Ok(()) => "success".to_owned(), Err(e) => format!("failure: {e}") },
+                "succeeded": status.succeeded,
+                "failed": status.failed,
+            });
+        }
+        self.admin.config_dump.store(Arc::new(dump));
     }
 
     fn log_credentials(&self, table: &RouteTable) {
@@ -298,6 +361,7 @@ impl Gateway {
     /// Stops accepting everywhere at once, then waits for open connections up to the
     /// drain timeout; whatever is still open after it is closed when the runtime ends.
     async fn drain(self) {
+        self.admin.ready.store(false, Ordering::Relaxed);
         tracing::info!(open = self.tracker.len(), timeout = ?self.drain_timeout, "shutting down: no new connections; draining open ones");
         self.shutdown.cancel();
         self.tracker.close();
@@ -306,6 +370,7 @@ impl Gateway {
         } else {
             tracing::info!("drained; exiting");
         }
+        self.admin_stop.cancel();
     }
 }
 

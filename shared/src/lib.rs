@@ -8,6 +8,7 @@
 //! demo and test certificates.
 
 pub mod access_log;
+pub mod admin;
 pub mod authz;
 pub mod certs;
 pub mod cli;

@@ -1,17 +1,55 @@
-//! Logging set-up shared by both binaries.
+//! Logging set-up shared by both binaries, with a log level that can change at run time
+//! (the admin port's `/logging`, like `istioctl proxy-config log --level`).
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `key=value` text, for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+static FILTER: OnceLock<(reload::Handle<EnvFilter, Registry>, std::sync::Mutex<String>)> = OnceLock::new();
 
 /// Logs to stderr at `level` (a level or an `EnvFilter` directive such as
 /// `info,strait::access=warn`).
-pub fn init(level: &str) -> Result<(), String> {
-    let filter = EnvFilter::try_new(level).map_err(|e| format!("--log-level {level:?}: {e}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init()
-        .map_err(|e| e.to_string())
+pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
+    let filter = parse(level)?;
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match format {
+        LogFormat::Text => registry.with(fmt).try_init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
+    };
+    installed.map_err(|e| e.to_string())?;
+    let _ = FILTER.set((handle, std::sync::Mutex::new(level.to_owned())));
+    Ok(())
+}
+
+fn parse(level: &str) -> Result<EnvFilter, String> {
+    EnvFilter::try_new(level).map_err(|e| format!("log level {level:?}: {e}"))
+}
+
+/// Replaces the log filter of the running process.
+pub fn set_level(level: &str) -> Result<(), String> {
+    let (handle, current) = FILTER.get().ok_or("logging is not initialised")?;
+    handle.reload(parse(level)?).map_err(|e| e.to_string())?;
+    *current.lock().unwrap_or_else(|p| p.into_inner()) = level.to_owned();
+    tracing::warn!(level, "log level changed");
+    Ok(())
+}
+
+/// The filter in force.
+pub fn level() -> String {
+    FILTER.get().map(|(_, current)| current.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap_or_default()
 }

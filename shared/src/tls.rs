@@ -175,6 +175,8 @@ pub struct CredentialInfo {
     pub subject: String,
     /// Leaf serial number, hex.
     pub serial: String,
+    /// Leaf URI and DNS SANs.
+    pub sans: Vec<String>,
     /// Leaf expiry.
     pub not_after: SystemTime,
     /// When this certificate was loaded.
@@ -188,6 +190,7 @@ impl CredentialInfo {
             cert_file: cert_file.to_owned(),
             subject: String::new(),
             serial: String::new(),
+            sans: Vec::new(),
             not_after: SystemTime::UNIX_EPOCH,
             loaded_at: SystemTime::now(),
         };
@@ -195,6 +198,8 @@ impl CredentialInfo {
             if let Ok((_, parsed)) = x509_parser::parse_x509_certificate(leaf) {
                 info.subject = parsed.subject().to_string();
                 info.serial = parsed.raw_serial_as_string();
+                let identity = Identity::from_cert(leaf);
+                info.sans = identity.uris.into_iter().chain(identity.dns).collect();
                 let secs = parsed.validity().not_after.timestamp().max(0) as u64;
                 info.not_after = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
             }
