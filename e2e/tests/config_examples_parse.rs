@@ -27,3 +27,12 @@ fn reference_ingress_listens_on_13306() {
 fn redis_third_party_is_an_egress_config() {
     parse("redis-third-party.toml", Role::Egress);
 }
+
+#[test]
+fn zero_trust_ingress_has_strict_and_permissive_listeners() {
+    use strait::config::PeerAuth;
+    let config = parse("ingress-zero-trust.toml", Role::Ingress);
+    assert_eq!(config.listeners[0].get_ref().peer_auth, PeerAuth::Strict);
+    assert_eq!(config.listeners[1].get_ref().peer_auth, PeerAuth::Permissive);
+    assert_eq!(config.routes[0].get_ref().allow.len(), 2);
+}

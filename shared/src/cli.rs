@@ -34,10 +34,36 @@ enum Command {
     /// Validate a configuration: syntax, fields, files, PEM, key/certificate pairs,
     /// route and listener references. Exits non-zero with the first problem.
     Check,
+    /// Walk a TLS path step by step (DNS, TCP per address, handshake, the server's
+    /// chain) and say in plain words what is wrong. Egress: `diagnose ROUTE` runs the
+    /// route's origination. Ingress: `diagnose --sni HOST --cert FILE --key FILE`
+    /// connects to the running listener as a client. Exits 0 only if the path works.
+    Diagnose(DiagnoseArgs),
     /// Write the reference certificates (root -> intermediate -> server and client
     /// certificates for HOST, plus a mesh CA with SPIFFE workload certificates) in
     /// Kubernetes Secret layout.
     Certs(CertsArgs),
+}
+
+#[derive(Args)]
+struct DiagnoseArgs {
+    /// Egress: the route to diagnose.
+    route: Option<String>,
+    /// Ingress: SNI to send.
+    #[arg(long)]
+    sni: Option<String>,
+    /// Ingress: client certificate to present.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Ingress: its key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Ingress: CA to verify the listener's certificate (default: the listener's ca).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Ingress: address to connect to (default: the first TLS listener's).
+    #[arg(long)]
+    address: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -103,6 +129,15 @@ fn run(role: Role, cli: Cli) -> anyhow::Result<()> {
             crate::certs::write_reference(&args.out, &options)?;
             println!("wrote the reference certificates to {}", args.out.display());
         }
+        Some(Command::Diagnose(args)) => {
+            let config = Config::load(&config_path()?, role)?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let report = runtime.block_on(diagnose(role, &config, args))?;
+            print!("{}", report.text);
+            if !report.ok {
+                anyhow::bail!("diagnose: the path does not work (see FAIL above)");
+            }
+        }
         Some(Command::Check) => {
             let path = config_path()?;
             let config = Config::load(&path, role)?;
@@ -121,4 +156,29 @@ fn run(role: Role, cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn diagnose(role: Role, config: &Config, args: DiagnoseArgs) -> anyhow::Result<crate::diagnose::Report> {
+    if role == Role::Egress {
+        let route = args.route.ok_or_else(|| anyhow::anyhow!("name the route: strait-egress diagnose ROUTE"))?;
+        return Ok(crate::diagnose::route(config, &route).await);
+    }
+    let (Some(sni), Some(cert), Some(key)) = (args.sni, args.cert, args.key) else {
+        anyhow::bail!("strait-ingress diagnose --sni HOST --cert FILE --key FILE [--ca FILE] [--address ADDR]");
+    };
+    let listener = config
+        .listeners
+        .iter()
+        .map(|l| l.get_ref())
+        .find(|l| l.tls.is_some())
+        .ok_or_else(|| anyhow::anyhow!("the config has no TLS listener"))?;
+    let mut address = args.address.or(listener.address).ok_or_else(|| anyhow::anyhow!("give --address"))?;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let ca = args
+        .ca
+        .or_else(|| listener.tls.as_ref().and_then(|t| t.paths().ca))
+        .ok_or_else(|| anyhow::anyhow!("give --ca: the listener names no CA"))?;
+    Ok(crate::diagnose::client(config, address, sni, cert, key, ca).await)
 }

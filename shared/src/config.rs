@@ -183,7 +183,7 @@ pub struct RouteConfig {
 /// origination (route `upstream_tls`). Credential files follow the Kubernetes Secret
 /// layout: `dir` holds `tls.crt`, `tls.key` and `ca.crt`; `cert`, `key`, `ca` override
 /// single files.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// `mutual` (both sides present certificates), `simple` (server only), `disable`.

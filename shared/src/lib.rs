@@ -14,6 +14,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod diagnose;
 pub mod gateway;
 pub mod identity;
 pub mod listener;

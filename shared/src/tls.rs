@@ -20,7 +20,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::authz::{Pattern, PatternError};
-use crate::config::{CredentialPaths, TlsConfig, TlsMode, TlsVersion};
+use crate::config::{TlsConfig, TlsMode, TlsVersion};
 use crate::identity::Identity;
 
 /// A credential or CA file that cannot be used, with the file and the reason.
@@ -258,24 +258,39 @@ pub fn refusing_server_config() -> Arc<ServerConfig> {
 /// is presented in mutual mode. The server's chain is verified against the route's CA;
 /// its name against `sni`, or against `subject_alt_names` when those are set.
 pub fn client_config(client_key: Option<Arc<CertifiedKey>>, tls: &TlsConfig) -> Result<Arc<ClientConfig>, TlsError> {
-    let paths: CredentialPaths = tls.paths();
-    let ca = required(&paths.ca, "CA")?;
-    let roots = load_roots(ca)?;
-    let (provider, versions) = policy(tls);
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions)
-        .map_err(|source| TlsError::Rustls { context: "client protocol versions".into(), source })?;
-    let builder = match &tls.subject_alt_names {
-        None => builder.with_root_certificates(roots),
+    client_config_with(client_key, tls, server_verifier(tls)?)
+}
+
+/// The verifier origination uses for `tls`: webpki against the route's CA, with secure
+/// naming when `subject_alt_names` is set.
+pub fn server_verifier(tls: &TlsConfig) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    let ca = required(&tls.paths().ca, "CA")?.to_owned();
+    let (provider, _) = policy(tls);
+    let inner = WebPkiServerVerifier::builder_with_provider(load_roots(&ca)?, provider)
+        .build()
+        .map_err(|e| file_error(&ca, format!("cannot verify servers with this CA bundle: {e}")))?;
+    Ok(match &tls.subject_alt_names {
+        None => inner,
         Some(names) => {
-            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider)
-                .build()
-                .map_err(|e| file_error(ca, format!("cannot verify servers with this CA bundle: {e}")))?;
             let names = names.iter().filter_map(|n| san_pattern(n).ok()).collect();
-            let verifier = NamedServerVerifier { inner, names, verify_hostname: tls.verify_hostname.unwrap_or(false) };
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier))
+            Arc::new(NamedServerVerifier { inner, names, verify_hostname: tls.verify_hostname.unwrap_or(false) })
         }
-    };
+    })
+}
+
+/// [`client_config`] with a given verifier (`diagnose` wraps the real one to record the
+/// server's chain).
+pub fn client_config_with(
+    client_key: Option<Arc<CertifiedKey>>,
+    tls: &TlsConfig,
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let (provider, versions) = policy(tls);
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|source| TlsError::Rustls { context: "client protocol versions".into(), source })?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     let config = match client_key {
         Some(key) => builder.with_client_cert_resolver(Arc::new(Fixed(key))),
         None => builder.with_no_client_auth(),

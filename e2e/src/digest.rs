@@ -1,0 +1,58 @@
+//! A backend that answers only after the client has finished sending: it reads to EOF,
+//! then writes the SHA-256 of everything it read and the byte count, then closes.
+//!
+//! A reply can therefore only arrive if the client's FIN crossed every hop in front of
+//! it, and a correct reply proves every byte arrived intact and in order.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener};
+
+use sha2::{Digest, Sha256};
+
+/// What [`DigestServer`] answers for `data`: 32 bytes of SHA-256, then the length as a
+/// big-endian u64.
+pub fn digest_reply(data: &[u8]) -> Vec<u8> {
+    let mut reply = Sha256::digest(data).to_vec();
+    reply.extend_from_slice(&(data.len() as u64).to_be_bytes());
+    reply
+}
+
+/// The digest server on a loopback port (a thread per connection).
+pub struct DigestServer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl DigestServer {
+    /// Starts it; it lives until the test process ends.
+    pub fn start() -> DigestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut hasher = Sha256::new();
+                    let mut length = 0u64;
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    loop {
+                        match stream.read(&mut buffer) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                hasher.update(&buffer[..n]);
+                                length += n as u64;
+                            }
+                            // No EOF, no answer: the client sees the connection die.
+                            Err(_) => return,
+                        }
+                    }
+                    let mut reply = hasher.finalize().to_vec();
+                    reply.extend_from_slice(&length.to_be_bytes());
+                    let _ = stream.write_all(&reply);
+                    let _ = stream.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        DigestServer { port }
+    }
+}
