@@ -108,7 +108,8 @@ impl Outcome {
         }
     }
 
-    fn reason(&self) -> &str {
+    /// The words behind the class.
+    pub fn reason(&self) -> &str {
         match self {
             Outcome::Closed => "eof",
             Outcome::Refused(_, r) | Outcome::Denied(r) | Outcome::UpstreamFailed(r) | Outcome::RelayFailed(r) => r,
@@ -199,6 +200,7 @@ impl AccessLog {
     /// the connection in the metrics.
     pub fn emit(&self, outcome: Outcome) {
         self.count(&outcome);
+        crate::otel::record(self, &outcome, SystemTime::now());
         let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         let start = humantime::format_rfc3339_millis(self.start).to_string();
         let route = dash(self.route.clone());

@@ -90,6 +90,9 @@ pub struct Config {
     /// The admin HTTP port.
     #[serde(default)]
     pub admin: AdminSettings,
+    /// OpenTelemetry export.
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
     /// File the configuration came from; every later error points back to it.
     #[serde(skip_deserializing)]
     pub path: PathBuf,
@@ -260,6 +263,17 @@ fn default_admin_address() -> SocketAddr {
 
 fn default_true() -> bool {
     true
+}
+
+/// OpenTelemetry export (`[telemetry]`); read at start only.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// OTLP/HTTP collector base URL, e.g. `http://otel-collector:4318`; one span per
+    /// connection goes to `/v1/traces`. No export when absent.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans; default `strait-egress` / `strait-ingress`.
+    pub service_name: Option<String>,
 }
 
 /// Process-wide settings (`[process]`).

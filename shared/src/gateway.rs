@@ -127,6 +127,10 @@ pub struct Gateway {
     admin_settings: AdminSettings,
     /// Stops the admin port, after the drain, so probes see "not ready" meanwhile.
     admin_stop: CancellationToken,
+    /// OTLP collector, from the config at start.
+    otlp_endpoint: Option<String>,
+    /// `service.name` for exported spans.
+    service_name: String,
 }
 
 /// Runs the gateway from `config_path` until SIGTERM or SIGINT, then drains.
@@ -137,6 +141,11 @@ pub async fn run(config_path: PathBuf, role: Role, admin_address: Option<SocketA
     let mut hup = signal(SignalKind::hangup()).map_err(setup("SIGHUP handler"))?;
     let (changes_tx, mut changes) = mpsc::channel(1);
     let mut gateway = Gateway::start(config_path, role, changes_tx).await?;
+    if let Some(endpoint) = &gateway.otlp_endpoint {
+        let service = gateway.service_name.clone();
+        crate::otel::init(endpoint, &service).map_err(|reason| StartError::Setup { what: "OpenTelemetry export", reason })?;
+        tracing::info!(%endpoint, %service, "exporting a span per connection over OTLP/HTTP");
+    }
     if gateway.admin_settings.enabled {
         let address = admin_address.unwrap_or(gateway.admin_settings.address);
         let bound = admin::serve(address, gateway.admin.clone(), gateway.admin_stop.clone())
@@ -190,6 +199,8 @@ impl Gateway {
             admin: Arc::default(),
             admin_settings: AdminSettings::default(),
             admin_stop: CancellationToken::new(),
+            otlp_endpoint: config.telemetry.otlp_endpoint.clone(),
+            service_name: config.telemetry.service_name.clone().unwrap_or_else(|| format!("strait-{}", role.name())),
         };
         gateway.admin_settings = AdminSettings { address: config.admin.address, enabled: config.admin.enabled };
         gateway.apply(config, table, inputs).await?;
@@ -371,6 +382,7 @@ impl Gateway {
             tracing::info!("drained; exiting");
         }
         self.admin_stop.cancel();
+        crate::otel::shutdown();
     }
 }
 

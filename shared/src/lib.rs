@@ -19,6 +19,7 @@ pub mod gateway;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
+pub mod otel;
 pub mod relay;
 pub mod resolve;
 pub mod route;
