@@ -124,6 +124,11 @@ async fn accept(tcp: TcpStream, routing: &TlsRouting, log: &mut AccessLog) -> Re
     accept_tls(tcp, routing, deadline, log).await
 }
 
+/// Whether a connection's first bytes start a TLS handshake record (a ClientHello).
+pub fn looks_like_tls(first: &[u8]) -> bool {
+    first.first() == Some(&TLS_HANDSHAKE_RECORD)
+}
+
 /// Peeks (without consuming) until the first byte shows whether the client speaks TLS.
 async fn starts_with_tls(tcp: &TcpStream, deadline: tokio::time::Instant, limit: Duration) -> Result<bool, Outcome> {
     let mut first = [0u8; 1];
@@ -131,7 +136,7 @@ async fn starts_with_tls(tcp: &TcpStream, deadline: tokio::time::Instant, limit:
         Err(_) => Err(Outcome::Refused(Refusal::Timeout, format!("no first byte within {limit:?}"))),
         Ok(Err(e)) => Err(Outcome::Refused(Refusal::Other, format!("read failed before the first byte: {e}"))),
         Ok(Ok(0)) => Err(Outcome::Refused(Refusal::Other, "closed before sending anything".into())),
-        Ok(Ok(_)) => Ok(first[0] == TLS_HANDSHAKE_RECORD),
+        Ok(Ok(_)) => Ok(looks_like_tls(&first)),
     }
 }
 

@@ -127,6 +127,8 @@ pub struct Gateway {
     admin_settings: AdminSettings,
     /// Stops the admin port, after the drain, so probes see "not ready" meanwhile.
     admin_stop: CancellationToken,
+    /// The admin port's actual address (port 0 resolved), for `/config_dump`.
+    admin_bound: Option<SocketAddr>,
     /// OTLP collector, from the config at start.
     otlp_endpoint: Option<String>,
     /// `service.name` for exported spans.
@@ -152,6 +154,8 @@ pub async fn run(config_path: PathBuf, role: Role, admin_address: Option<SocketA
             .await
             .map_err(|source| StartError::Bind { name: "admin".into(), address, source })?;
         tracing::info!(address = %bound, "admin listening");
+        gateway.admin_bound = Some(bound);
+        gateway.refresh_dump(None);
     }
     gateway.admin.ready.store(true, Ordering::Relaxed);
     tracing::info!(role = role.name(), "ready");
@@ -199,6 +203,7 @@ impl Gateway {
             admin: Arc::default(),
             admin_settings: AdminSettings::default(),
             admin_stop: CancellationToken::new(),
+            admin_bound: None,
             otlp_endpoint: config.telemetry.otlp_endpoint.clone(),
             service_name: config.telemetry.service_name.clone().unwrap_or_else(|| format!("strait-{}", role.name())),
         };
@@ -323,6 +328,9 @@ impl Gateway {
         }
         if let Some(config) = config {
             dump["config"] = serde_json::to_value(config).unwrap_or_default();
+        }
+        if let Some(bound) = self.admin_bound {
+            dump["admin_address"] = serde_json::json!(bound.to_string());
         }
         let table = self.context.table.load();
         dump["credentials"] = table

@@ -53,7 +53,15 @@ impl Resolver {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
         let failed = |reason: String| ResolveError::Lookup { host: host.to_owned(), reason };
-        let answer = self.inner.lookup_ip(host).await.map_err(|e| failed(e.to_string()))?;
+        let answer = self.inner.lookup_ip(host).await.map_err(|e| {
+            failed(if e.is_nx_domain() {
+                "the name does not exist (NXDOMAIN)".to_owned()
+            } else if e.is_no_records_found() {
+                "the name has no A or AAAA record".to_owned()
+            } else {
+                e.to_string()
+            })
+        })?;
         let addrs: Vec<SocketAddr> = answer.iter().map(|ip| SocketAddr::new(ip, port)).collect();
         if addrs.is_empty() {
             return Err(failed("the answer holds no A or AAAA record".into()));

@@ -36,7 +36,15 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
     Ok(())
 }
 
+/// Parses a filter, refusing a bare word that is not a level: `EnvFilter` would take
+/// `degub` as a target name and silence every other log line.
 fn parse(level: &str) -> Result<EnvFilter, String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=') && !directive.contains('[') && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(format!("log level {directive:?}: not a level (trace, debug, info, warn, error, off); for one module write MODULE=LEVEL"));
+        }
+    }
     EnvFilter::try_new(level).map_err(|e| format!("log level {level:?}: {e}"))
 }
 
@@ -52,4 +60,14 @@ pub fn set_level(level: &str) -> Result<(), String> {
 /// The filter in force.
 pub fn level() -> String {
     FILTER.get().map(|(_, current)| current.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_typo_is_not_taken_for_a_target() {
+        assert!(super::parse("degub").is_err());
+        assert!(super::parse("info,strait::access=warn").is_ok());
+        assert!(super::parse("DEBUG").is_ok());
+    }
 }

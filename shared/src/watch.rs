@@ -45,8 +45,17 @@ impl FileWatcher {
         Ok(FileWatcher { watcher, watched: BTreeSet::new(), names })
     }
 
-    /// Watches exactly `files` (through their parent directories) from now on.
+    /// Watches exactly `files` (through their parent directories) from now on. A file
+    /// that is a symlink is also watched where it points, so an in-place write to the
+    /// target (a Secret's `..2026_…/tls.crt`, a `/etc/letsencrypt/live` link) is seen.
     pub fn watch_files(&mut self, files: &[PathBuf]) {
+        let files: Vec<PathBuf> = files
+            .iter()
+            .flat_map(|f| {
+                let target = std::fs::canonicalize(f).ok().filter(|t| t != f);
+                std::iter::once(f.clone()).chain(target)
+            })
+            .collect();
         *self.names.lock().unwrap_or_else(|p| p.into_inner()) = files.iter().filter_map(|f| f.file_name()).map(OsString::from).collect();
         let wanted: BTreeSet<PathBuf> = files.iter().map(|f| parent_dir(f)).collect();
         for gone in self.watched.difference(&wanted) {
