@@ -128,6 +128,12 @@ pub struct AccessLog {
     pub direction: &'static str,
     /// Whether the client side completed mutual TLS.
     pub mtls: bool,
+    /// `tcp`, `mysql` or `postgres`.
+    pub protocol: &'static str,
+    /// Whether the client side is TLS (from the first byte, or inside the protocol).
+    pub downstream_tls: bool,
+    /// Whether the upstream side is TLS.
+    pub upstream_tls: bool,
     /// Route name, once chosen.
     pub route: Option<String>,
     /// The client's address.
@@ -153,6 +159,9 @@ impl Default for AccessLog {
             listener: Arc::from(""),
             direction: "outbound",
             mtls: false,
+            protocol: "tcp",
+            downstream_tls: false,
+            upstream_tls: false,
             route: None,
             downstream: SocketAddr::from(([0, 0, 0, 0], 0)),
             upstream: None,
@@ -208,6 +217,12 @@ impl AccessLog {
         let sni = dash(self.sni.clone());
         let identity = dash(self.identity.as_ref().map(|i| i.to_string()));
         let duration_ms = self.duration.as_millis() as u64;
+        let tls_sides = match (self.downstream_tls, self.upstream_tls) {
+            (true, true) => "both",
+            (true, false) => "downstream",
+            (false, true) => "upstream",
+            (false, false) => "none",
+        };
         macro_rules! line {
             ($level:ident) => {
                 tracing::$level!(
@@ -219,6 +234,8 @@ impl AccessLog {
                     upstream = %upstream,
                     sni = %sni,
                     identity = %identity,
+                    protocol = %self.protocol,
+                    tls = %tls_sides,
                     bytes_received = self.bytes_received,
                     bytes_sent = self.bytes_sent,
                     duration_ms,

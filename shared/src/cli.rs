@@ -106,7 +106,7 @@ pub fn main(role: Role) -> ExitCode {
     match run(role, cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

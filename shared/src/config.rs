@@ -180,6 +180,51 @@ pub struct RouteConfig {
     /// A connection with no bytes either way for this long is closed.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// The application protocol: `tcp` (bytes, TLS from the first byte) or a database
+    /// whose TLS is negotiated inside its protocol (`mysql`, `postgres`): then
+    /// `upstream_tls` applies after the protocol's TLS request.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Database routes at plain listeners: whether the client may or must upgrade to TLS
+    /// inside the protocol (MySQL Router's `client_ssl_mode`). Default: `required` when
+    /// `downstream_tls` is set, `disabled` otherwise.
+    pub downstream_ssl_mode: Option<SslMode>,
+}
+
+/// What a route's bytes are.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Opaque bytes; TLS, if any, starts at the first byte.
+    #[default]
+    Tcp,
+    /// MySQL/MariaDB: TLS starts after the server greeting, on the client's SSL request.
+    Mysql,
+    /// PostgreSQL: TLS starts after an SSLRequest answered `S`.
+    Postgres,
+}
+
+impl Protocol {
+    /// Name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Mysql => "mysql",
+            Protocol::Postgres => "postgres",
+        }
+    }
+}
+
+/// Client-side TLS inside a database protocol, named like MySQL Router's modes.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SslMode {
+    /// TLS is not offered; clients stay plaintext.
+    Disabled,
+    /// TLS is offered; plaintext clients are still served.
+    Preferred,
+    /// TLS is offered and plaintext clients are refused with a protocol error.
+    Required,
 }
 
 /// TLS settings, used for termination (listener `tls`, route `downstream_tls`) and
@@ -315,6 +360,13 @@ pub struct CredentialPaths {
     pub key: Option<PathBuf>,
     /// CA bundle, if any.
     pub ca: Option<PathBuf>,
+}
+
+impl RouteConfig {
+    /// The client-side TLS mode of a database route, defaults applied.
+    pub fn downstream_ssl_mode(&self) -> SslMode {
+        self.downstream_ssl_mode.unwrap_or(if self.downstream_tls.is_some() { SslMode::Required } else { SslMode::Disabled })
+    }
 }
 
 impl TlsConfig {
@@ -512,7 +564,8 @@ impl Config {
                     return Err(err("route", "a plain listener cannot read SNI: name the one route it serves".into()));
                 };
                 known(route, "route")?;
-                if self.routes.iter().any(|r| &r.get_ref().name == route && !r.get_ref().allow.is_empty()) {
+                let no_identity = |r: &RouteConfig| r.protocol == Protocol::Tcp || r.downstream_ssl_mode() != SslMode::Required;
+                if self.routes.iter().any(|r| &r.get_ref().name == route && !r.get_ref().allow.is_empty() && no_identity(r.get_ref())) {
                     return Err(err("route", format!("route {route:?} has an `allow` list, but a plain listener has no client identity to check: it would refuse everyone")));
                 }
                 if listener.default_route.is_some() {
@@ -628,8 +681,25 @@ impl Config {
                 return Err(err("downstream_tls", "versions and cipher suites are the listener's: set them in the listener's tls".into()));
             }
         }
+        if route.protocol == Protocol::Tcp && route.downstream_ssl_mode.is_some() {
+            return Err(err("downstream_ssl_mode", "only database routes (protocol = \"mysql\" or \"postgres\") negotiate TLS inside the protocol".into()));
+        }
+        if route.protocol != Protocol::Tcp {
+            let wants_tls = route.downstream_ssl_mode.is_some_and(|m| m != SslMode::Disabled);
+            if wants_tls && route.downstream_tls.is_none() {
+                return Err(err("downstream_tls", "downstream_ssl_mode offers TLS to clients: give the server credential in downstream_tls".into()));
+            }
+            if let Some(tls) = &route.downstream_tls {
+                if tls.mode == Some(TlsMode::Disable) {
+                    return Err(err("downstream_tls.mode", "use downstream_ssl_mode = \"disabled\" to serve database clients in plaintext".into()));
+                }
+                if tls.mode == Some(TlsMode::Mutual) && tls.paths().ca.is_none() {
+                    return Err(err("downstream_tls.ca", "mode \"mutual\" verifies client certificates: give `ca` (or `dir` holding ca.crt)".into()));
+                }
+            }
+        }
         if let Some(tls) = &route.downstream_tls {
-            if tls.mode.is_some() || tls.sni.is_some() {
+            if (tls.mode.is_some() && route.protocol == Protocol::Tcp) || tls.sni.is_some() {
                 return Err(err("downstream_tls", "only credential fields (dir, cert, key, ca) belong here; the listener's tls.mode applies".into()));
             }
             let p = tls.paths();

@@ -14,7 +14,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::either::Either;
 
 use crate::access_log::{AccessLog, Outcome, Refusal};
-use crate::config::{PeerAuth, Role};
+use crate::config::{PeerAuth, Protocol, Role};
 use crate::metrics::{self, ListenerLabels};
 use crate::identity::Identity;
 use crate::relay::relay;
@@ -29,6 +29,10 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// died, a NAT that forgot the flow) long before the idle timeout would.
 const KEEPALIVE_TIME: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Database negotiation at plain listeners (which have no handshake timeout of their
+/// own) must finish within this.
+const DATABASE_NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every connection of a process shares.
 pub struct Context {
@@ -81,6 +85,21 @@ async fn serve(tcp: TcpStream, context: &Context, log: &mut AccessLog) -> Outcom
         },
     };
     log.route = Some(route.name.clone());
+    log.protocol = route.protocol.as_str();
+    if route.protocol != Protocol::Tcp {
+        let timeout = match &plan.routing {
+            Routing::Tls(t) => t.handshake_timeout,
+            Routing::Plain(_) => DATABASE_NEGOTIATION_TIMEOUT,
+        };
+        let connecting = Instant::now();
+        let (downstream, upstream) = match crate::protocol::negotiate(&route, downstream, &context.resolver, log, timeout).await {
+            Ok(streams) => streams,
+            Err(outcome) => return outcome,
+        };
+        metrics::get().opened.get_or_create(&log.labels()).inc();
+        metrics::get().upstream_connected(&route.name, connecting.elapsed());
+        return relay_and_close(downstream, upstream, &route, log).await;
+    }
     if !route.allow.allows(log.identity.as_ref()) {
         let who = log.identity.as_ref().map_or_else(|| "a client without a certificate".to_owned(), |id| format!("identity {id}"));
         return Outcome::Denied(format!("{who} is not on route {:?}'s allow list", route.name));
@@ -100,6 +119,12 @@ async fn serve(tcp: TcpStream, context: &Context, log: &mut AccessLog) -> Outcom
     };
     metrics::get().upstream_connected(&route.name, connecting.elapsed());
     log.upstream = Some(address);
+    log.upstream_tls = route.origination.is_some();
+    relay_and_close(downstream, upstream, &route, log).await
+}
+
+/// Relays until both sides close, and records what moved.
+async fn relay_and_close(downstream: Stream, upstream: Stream, route: &Route, log: &mut AccessLog) -> Outcome {
     let moved = relay(downstream, upstream, route.idle_timeout).await;
     log.bytes_received = moved.from_downstream;
     log.bytes_sent = moved.from_upstream;
@@ -170,5 +195,6 @@ async fn accept_tls(
         .map_err(|e| Outcome::Refused(Refusal::of_handshake(&e), format!("TLS handshake failed: {e}")))?;
     log.identity = tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(Identity::from_cert);
     log.mtls = log.identity.is_some();
+    log.downstream_tls = true;
     Ok((Either::Right(tls.into()), entry.route.clone()))
 }

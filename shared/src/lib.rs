@@ -20,6 +20,7 @@ pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod otel;
+pub mod protocol;
 pub mod relay;
 pub mod resolve;
 pub mod route;

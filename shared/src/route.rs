@@ -17,7 +17,7 @@ use serde_spanned::Spanned;
 
 use crate::config::{split_host_port, Config, ConfigError, ListenerConfig, RouteConfig, TlsConfig, TlsMode};
 use crate::authz::{AllowList, Pattern};
-use crate::config::PeerAuth;
+use crate::config::{PeerAuth, Protocol, SslMode};
 use crate::tls;
 
 /// One destination, ready to connect to.
@@ -37,8 +37,21 @@ pub struct Route {
     pub allow: AllowList,
     /// A connection idle this long either way is closed.
     pub idle_timeout: Duration,
+    /// Bytes, or a database whose TLS is negotiated inside its protocol.
+    pub protocol: Protocol,
+    /// Database routes: client-side TLS inside the protocol, at plain listeners.
+    pub downstream_ssl: DownstreamSsl,
     /// Round-robin cursor over the resolved addresses.
     next_address: AtomicUsize,
+}
+
+/// Client-side TLS inside a database protocol.
+#[derive(Debug)]
+pub struct DownstreamSsl {
+    /// Offered, required, or not at all.
+    pub mode: SslMode,
+    /// Server certificate and client verification, when offered.
+    pub server: Option<Arc<ServerConfig>>,
 }
 
 /// How a route originates TLS.
@@ -201,8 +214,30 @@ fn build_route(config: &Config, i: usize, r: &Spanned<RouteConfig>, loaded: &mut
         origination,
         allow: AllowList(route.allow.iter().map(|p| Pattern::parse(p).expect("validated: allow patterns parse")).collect()),
         idle_timeout: route.idle_timeout,
+        protocol: route.protocol,
+        downstream_ssl: build_downstream_ssl(config, i, r, loaded)?,
         next_address: AtomicUsize::new(0),
     })
+}
+
+/// The in-protocol server config of a database route (none for `tcp` routes or when
+/// TLS is not offered to clients).
+fn build_downstream_ssl(config: &Config, i: usize, r: &Spanned<RouteConfig>, loaded: &mut Loaded) -> Result<DownstreamSsl, ConfigError> {
+    let route = r.get_ref();
+    let mode = route.downstream_ssl_mode();
+    let server = match (&route.downstream_tls, route.protocol, mode) {
+        (Some(own), Protocol::Mysql | Protocol::Postgres, SslMode::Preferred | SslMode::Required) => {
+            let at = |e: tls::TlsError| config.locate(r.span(), format!("route[{i}] ({}).downstream_tls", route.name), e.to_string());
+            let p = own.paths();
+            let key = loaded.key(path(&p.cert), path(&p.key)).map_err(at)?;
+            let mut settings = own.clone();
+            settings.mode = Some(own.mode.unwrap_or(if p.ca.is_some() { TlsMode::Mutual } else { TlsMode::Simple }));
+            let ca = if settings.mode == Some(TlsMode::Mutual) { p.ca.as_deref() } else { None };
+            Some(tls::server_config(&settings, key, ca, own.ca_crl.as_deref()).map_err(at)?)
+        }
+        _ => None,
+    };
+    Ok(DownstreamSsl { mode: if server.is_some() { mode } else { SslMode::Disabled }, server })
 }
 
 fn build_tls_routing(

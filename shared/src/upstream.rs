@@ -35,6 +35,14 @@ pub enum UpstreamError {
 /// Connects to `route`'s upstream, trying each resolved address in round-robin order
 /// until one accepts, then originates TLS if the route asks for it.
 pub async fn connect(route: &Route, resolver: &Resolver) -> Result<(Stream, SocketAddr), UpstreamError> {
+    let (tcp, addr) = connect_tcp(route, resolver).await?;
+    Ok((originate(route, addr, tcp).await?, addr))
+}
+
+/// The TCP part of [`connect`]: resolve, then the first address (round robin) that
+/// accepts within the connect timeout. Database routes negotiate TLS inside their
+/// protocol before calling [`originate`].
+pub async fn connect_tcp(route: &Route, resolver: &Resolver) -> Result<(TcpStream, SocketAddr), UpstreamError> {
     let addrs = resolver.lookup(&route.host, route.port).await?;
     let first = route.first_address(addrs.len());
     let mut failures = Vec::new();
@@ -51,12 +59,13 @@ pub async fn connect(route: &Route, resolver: &Resolver) -> Result<(Stream, Sock
             }
         };
         crate::connection::tune_socket(&tcp);
-        return Ok((originate(route, *addr, tcp).await?, *addr));
+        return Ok((tcp, *addr));
     }
     Err(UpstreamError::Connect(failures.join("; ")))
 }
 
-async fn originate(route: &Route, addr: SocketAddr, tcp: TcpStream) -> Result<Stream, UpstreamError> {
+/// Originates the route's TLS on `tcp` (plain when the route disables it).
+pub async fn originate(route: &Route, addr: SocketAddr, tcp: TcpStream) -> Result<Stream, UpstreamError> {
     let Some(origination) = &route.origination else {
         return Ok(Either::Left(tcp));
     };
