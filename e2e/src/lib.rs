@@ -461,3 +461,6 @@ pub mod digest;
 pub mod dns;
 pub mod redis;
 pub mod kube_secret;
+pub mod hostile;
+pub mod otlp;
+pub mod databases;

@@ -36,3 +36,14 @@ fn zero_trust_ingress_has_strict_and_permissive_listeners() {
     assert_eq!(config.listeners[1].get_ref().peer_auth, PeerAuth::Permissive);
     assert_eq!(config.routes[0].get_ref().allow.len(), 2);
 }
+
+#[test]
+fn database_examples_parse_for_their_roles() {
+    use strait::config::{Protocol, SslMode};
+    let mysql = parse("mysql-origination.toml", Role::Egress);
+    assert_eq!(mysql.routes[0].get_ref().protocol, Protocol::Mysql);
+    let pg = parse("postgres-origination.toml", Role::Egress);
+    assert_eq!(pg.routes[0].get_ref().protocol, Protocol::Postgres);
+    let termination = parse("database-termination.toml", Role::Ingress);
+    assert_eq!(termination.routes[0].get_ref().downstream_ssl_mode(), SslMode::Required);
+}

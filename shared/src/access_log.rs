@@ -73,7 +73,11 @@ impl Refusal {
             E::NoCertificatesPresented => Refusal::NoClientCert,
             E::InvalidCertificate(C::UnknownIssuer) => Refusal::UnknownCa,
             E::InvalidCertificate(_) => Refusal::BadCertificate,
-            E::PeerIncompatible(P::Tls12NotOffered | P::Tls12NotOfferedOrEnabled | P::SupportedVersionsExtensionRequired) => Refusal::ProtocolVersion,
+            // TLS 1.0/1.1 ClientHellos lack signature_algorithms (added in 1.2): that is
+            // how an old version shows up before any version negotiation.
+            E::PeerIncompatible(
+                P::Tls12NotOffered | P::Tls12NotOfferedOrEnabled | P::SupportedVersionsExtensionRequired | P::SignatureAlgorithmsExtensionRequired,
+            ) => Refusal::ProtocolVersion,
             E::PeerIncompatible(_) => Refusal::Incompatible,
             E::InvalidMessage(_) => Refusal::NotTls,
             _ => Refusal::Other,

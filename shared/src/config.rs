@@ -554,8 +554,11 @@ impl Config {
         }
         match &listener.tls {
             None => {
-                if role == Role::Ingress {
-                    return Err(err("tls", "an ingress listener must terminate TLS: add tls = { mode = \"mutual\", dir = ... }".into()));
+                let in_protocol_tls = |name: &String| {
+                    self.routes.iter().map(|r| r.get_ref()).any(|r| &r.name == name && r.protocol != Protocol::Tcp && r.downstream_ssl_mode() != SslMode::Disabled)
+                };
+                if role == Role::Ingress && !listener.route.as_ref().is_some_and(in_protocol_tls) {
+                    return Err(err("tls", "an ingress listener must terminate TLS: add tls = { mode = \"mutual\", dir = ... }, or route to a database route that negotiates TLS inside its protocol (downstream_tls)".into()));
                 }
                 if listener.address.is_none() {
                     return Err(err("address", "a plain listener needs an address, e.g. \"0.0.0.0:3306\"".into()));

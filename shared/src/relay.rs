@@ -51,16 +51,19 @@ where
     outcome
 }
 
-/// When bytes last moved in either direction, for the idle timeout.
+/// When bytes last moved in either direction, for the idle timeout; and how many
+/// directions have finished.
 struct Activity {
     base: Instant,
     /// Milliseconds after `base` of the latest read.
     last_ms: AtomicU64,
+    /// Directions that reached EOF and passed it on.
+    finished: std::sync::atomic::AtomicU8,
 }
 
 impl Activity {
     fn new() -> Activity {
-        Activity { base: Instant::now(), last_ms: AtomicU64::new(0) }
+        Activity { base: Instant::now(), last_ms: AtomicU64::new(0), finished: std::sync::atomic::AtomicU8::new(0) }
     }
 
     fn touch(&self) {
@@ -93,12 +96,16 @@ where
             Ok(n) => n,
             // A TLS peer that closes without close_notify has still sent all it meant to.
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            // A reset after the other direction already closed is the peer's abortive
+            // close of a finished exchange (a database after COM_QUIT, say), not a failure.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && activity.finished.load(Ordering::Relaxed) > 0 => break,
             Err(e) => return Err(format!("{from} read: {e}")),
         };
         writer.write_all(&buffer[..n]).await.map_err(|e| format!("{to} write: {e}"))?;
         *moved += n as u64;
     }
     writer.flush().await.map_err(|e| format!("{to} flush: {e}"))?;
+    activity.finished.fetch_add(1, Ordering::Relaxed);
     match writer.shutdown().await {
         Ok(()) => Ok(()),
         // The peer may already be gone after its own close; the data was delivered.

@@ -44,6 +44,15 @@ fn file_error(file: &Path, reason: impl Into<String>) -> TlsError {
     }
 }
 
+/// A TLS failure in words: rustls prints custom certificate errors in debug form, so
+/// unwrap those to their own message.
+pub fn describe(error: &std::io::Error) -> String {
+    match error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) => format!("invalid peer certificate: {}", other.0),
+        _ => error.to_string(),
+    }
+}
+
 /// The process-wide crypto provider (aws-lc-rs), so every config agrees on it.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -335,7 +344,7 @@ struct UnexpectedServerIdentity(String);
 
 impl std::fmt::Display for UnexpectedServerIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "server certificate names {}, which is not in subject_alt_names", self.0)
+        write!(f, "the server certificate names [{}], none of which is in upstream_tls.subject_alt_names", self.0)
     }
 }
 

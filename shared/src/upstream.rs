@@ -78,7 +78,7 @@ pub async fn originate(route: &Route, addr: SocketAddr, tcp: TcpStream) -> Resul
     let handshake = connector.connect(origination.server_name.clone(), tcp);
     match timeout(route.connect_timeout, handshake).await {
         Ok(Ok(tls)) => Ok(Either::Right(tls.into())),
-        Ok(Err(e)) => Err(failed(e.to_string())),
+        Ok(Err(e)) => Err(failed(crate::tls::describe(&e))),
         Err(_) => Err(failed(format!("handshake timed out after {:?}", route.connect_timeout))),
     }
 }

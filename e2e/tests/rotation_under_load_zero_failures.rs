@@ -1,0 +1,295 @@
+//! The whole certificate rotation, done the kubelet's way while 50 MySQL clients
+//! connect, query and disconnect in a loop through the pair: first both sides trust the
+//! old and the new CA, then the ingress's server certificate and the egress's client
+//! certificate move to the new CA, then the old CA is dropped. Not one connection may
+//! fail; new handshakes present the new certificate; a connection opened before the
+//! rotation still works after it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strait::certs::{Authority, KeyType, Leaf, Usage};
+use strait_e2e::kube_secret::*;
+use strait_e2e::*;
+
+/// Concurrent clients, as in the issue.
+const CLIENTS: usize = 50;
+/// How long the load runs.
+const LOAD: Duration = Duration::from_secs(20);
+/// Upper bound on connections per client, so the loop is bounded in count as well.
+const MAX_PER_CLIENT: usize = 5_000;
+/// Time the load runs in each state between rotation steps.
+const DWELL: Duration = Duration::from_secs(2);
+/// Longest acceptable wait for a gateway to log a reload after a Secret update.
+const RELOAD_LIMIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn rotating_server_client_and_ca_under_load_fails_no_connection() {
+    require("mariadb");
+    let pki = Pki::reference();
+    let db = MariaDb::start();
+
+    // Old credentials: the reference PKI, mounted as kubelet Secrets.
+    let old_chain = std::fs::read_to_string(pki.path("ca-chain.cert.pem")).unwrap();
+    let mut ingress_secret = KubeSecret::copy_of(&pki.path("k8s/ingress-tls"), &pki.path("ingress"));
+    let mut egress_secret = KubeSecret::copy_of(&pki.path("k8s/egress-client"), &pki.path("egress"));
+    let old_server_leaf = leaf_der(&ingress_secret.path("tls.crt"));
+
+    // New credentials: a new root and intermediate, and leaves with the same names.
+    let new_root = Authority::root("Strait Root CA (next)", KeyType::EcdsaP256, 300).unwrap();
+    let new_ca = new_root.intermediate("Strait Intermediate CA (next)", 300).unwrap();
+    let new_chain = new_ca.bundle_pem();
+    let mut server = Leaf::new(SERVICE_HOST, Usage::Server, 90);
+    server.dns.push(SERVICE_HOST.into());
+    let new_server = new_ca.issue(&server).unwrap();
+    let client_name = format!("client.{SERVICE_HOST}");
+    let mut client = Leaf::new(&client_name, Usage::Client, 90);
+    client.dns.push(client_name.clone());
+    let new_client = new_ca.issue(&client).unwrap();
+    let overlap = format!("{old_chain}{new_chain}");
+    std::fs::write(pki.path("new-ca.crt"), &new_chain).unwrap();
+
+    let ingress_port = free_port();
+    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_toml(ingress_port, &ingress_secret, db.port));
+    let plain_port = free_port();
+    let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_toml(plain_port, ingress_port, &egress_secret));
+    mariadb_sql(plain_port, "SELECT 1").expect("the pair carries MySQL before the rotation");
+
+    // A connection opened before the rotation, kept open across it.
+    let mut session = SqlSession::open(plain_port);
+    let connection_id = session.query("SELECT CONNECTION_ID();");
+
+    let made = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let stop_at = start + LOAD;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let made = made.clone();
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                for _ in 0..MAX_PER_CLIENT {
+                    if Instant::now() >= stop_at {
+                        break;
+                    }
+                    let at = start.elapsed();
+                    match mariadb_sql(plain_port, "SELECT 1") {
+                        Ok(out) if out.trim() == "1" => {}
+                        Ok(out) => failures.push(format!("at {at:?}: unexpected reply {out:?}")),
+                        Err(e) => failures.push(format!("at {at:?}: {}", e.trim())),
+                    }
+                    made.fetch_add(1, Ordering::Relaxed);
+                }
+                failures
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_secs(3));
+    let mut latencies = Vec::new();
+    let mut made_at_step = vec![made.load(Ordering::Relaxed)];
+    let steps = [
+        ("trust old+new CA", Update::Files(vec![("ca.crt", overlap.clone())]), Update::Files(vec![("ca.crt", overlap.clone())])),
+        ("leaves from new CA", Update::Leaf(&new_server), Update::Leaf(&new_client)),
+        ("drop old CA", Update::Files(vec![("ca.crt", new_chain.clone())]), Update::Files(vec![("ca.crt", new_chain.clone())])),
+    ];
+    for (name, ingress_update, egress_update) in &steps {
+        let mut tails = [LogTail::from_now(&ingress), LogTail::from_now(&egress)];
+        let ingress_changed = Instant::now();
+        ingress_update.apply(&mut ingress_secret);
+        let egress_changed = Instant::now();
+        egress_update.apply(&mut egress_secret);
+        let mut took = [None, None];
+        while took.iter().any(Option::is_none) {
+            for (i, (gateway, changed)) in [(&ingress, ingress_changed), (&egress, egress_changed)].into_iter().enumerate() {
+                if took[i].is_some() {
+                    continue;
+                }
+                if let Some(line) = tails[i].next_with_any(&[RELOADED, REFUSED]) {
+                    assert!(line.contains(RELOADED), "after {name:?}: {line}");
+                    took[i] = Some(changed.elapsed());
+                }
+                assert!(changed.elapsed() < RELOAD_LIMIT, "no reload after {name:?} within {RELOAD_LIMIT:?}:\n{}", gateway.proc.output());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        latencies.push((*name, took[0].unwrap(), took[1].unwrap()));
+        // Let the load run a while in each intermediate state.
+        std::thread::sleep(DWELL);
+        made_at_step.push(made.load(Ordering::Relaxed));
+    }
+    assert!(Instant::now() + Duration::from_secs(2) < stop_at, "the rotation must finish while the load still runs");
+
+    // New handshakes present the new server certificate, and the ingress no longer
+    // accepts a client certificate from the old CA.
+    let new_trust = pki.path("new-ca.crt");
+    let mut fresh = tls_connect(ingress_port, SERVICE_HOST, client_config(Some(&egress_secret.dir), &new_trust)).unwrap();
+    let presented = fresh.conn.peer_certificates().unwrap()[0].clone().into_owned();
+    let mut greeting = [0u8; 64];
+    assert!(fresh.read(&mut greeting).unwrap() > 0, "the new client certificate is accepted: MariaDB greets through the ingress");
+    assert_eq!(presented, leaf_der(&ingress_secret.path("tls.crt")), "the ingress presents the new server certificate");
+    assert_ne!(presented, old_server_leaf);
+    assert!(
+        refused(tls_connect(ingress_port, SERVICE_HOST, client_config(Some(&pki.path("egress")), &new_trust))),
+        "a client certificate from the dropped CA must be refused"
+    );
+    let (server_serial, client_serial) = (serial(&ingress_secret.dir), serial(&egress_secret.dir));
+    assert!(log_lines(&ingress, &format!("serial={server_serial}")).iter().any(|l| l.contains("certificate loaded")));
+    assert!(log_lines(&egress, &format!("serial={client_serial}")).iter().any(|l| l.contains("certificate loaded")));
+
+    // The connection opened before the rotation is the same MySQL session, still working.
+    assert_eq!(session.query("SELECT CONNECTION_ID();"), connection_id, "same connection, not a reconnect");
+    assert_eq!(session.query("SELECT 'still here';"), "still here");
+
+    let mut failures = Vec::new();
+    for client in clients {
+        failures.extend(client.join().expect("a client thread panicked"));
+    }
+    let total = made.load(Ordering::Relaxed);
+    made_at_step.push(total);
+    session.close();
+
+    println!("rotation under load: {total} connections made, {} failed, {CLIENTS} clients for {LOAD:?}", failures.len());
+    println!("connections completed by: start of step 1 / {DWELL:?} after each step / end = {made_at_step:?}");
+    for (name, ingress_latency, egress_latency) in &latencies {
+        println!("reload after {name:?}: ingress {ingress_latency:?}, egress {egress_latency:?} (file change -> \"reloaded\" log line)");
+    }
+    assert!(failures.is_empty(), "{} of {total} connections failed, first ones:\n{}", failures.len(), failures.iter().take(10).cloned().collect::<Vec<_>>().join("\n"));
+    // The load really ran through every step.
+    assert!(made_at_step.windows(2).all(|w| w[1] > w[0]), "connections completed during every phase: {made_at_step:?}");
+    for gateway in [&ingress, &egress] {
+        assert!(log_lines(gateway, REFUSED).is_empty(), "no reload may be refused:\n{}", gateway.proc.output());
+    }
+}
+
+/// One Secret update of a rotation step.
+enum Update<'a> {
+    /// Replace these keys (the rest of the Secret stays).
+    Files(Vec<(&'static str, String)>),
+    /// Replace `tls.crt` and `tls.key` with this credential.
+    Leaf(&'a strait::certs::Issued),
+}
+
+impl Update<'_> {
+    fn apply(&self, secret: &mut KubeSecret) {
+        match self {
+            Update::Files(files) => secret.update(&files.iter().map(|(n, c)| (*n, c.as_str())).collect::<Vec<_>>()),
+            Update::Leaf(issued) => secret.rotate(issued, None),
+        }
+    }
+}
+
+fn ingress_toml(port: u16, secret: &KubeSecret, backend: u16) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "mtls"
+address = "127.0.0.1:{port}"
+tls = {{ mode = "mutual", dir = "{dir}" }}
+
+[[route]]
+name = "mysql"
+hosts = ["{SERVICE_HOST}"]
+upstream = "127.0.0.1:{backend}"
+"#,
+        dir = secret.dir.display()
+    )
+}
+
+fn egress_toml(plain_port: u16, ingress_port: u16, secret: &KubeSecret) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "mysql-plain"
+address = "127.0.0.1:{plain_port}"
+route = "to-ingress"
+
+[[route]]
+name = "to-ingress"
+hosts = ["{SERVICE_HOST}"]
+upstream = "127.0.0.1:{ingress_port}"
+upstream_tls = {{ mode = "mutual", dir = "{dir}", sni = "{SERVICE_HOST}" }}
+"#,
+        dir = secret.dir.display()
+    )
+}
+
+/// Whether a TLS connection attempt ended refused: the handshake failed, or (TLS 1.3,
+/// client certificate rejected after the client finished) the first read fails.
+fn refused<S: Read + Write>(attempt: std::io::Result<S>) -> bool {
+    match attempt {
+        Err(_) => true,
+        Ok(mut stream) => {
+            let _ = stream.write_all(b"ping");
+            let mut buf = [0u8; 16];
+            !matches!(stream.read(&mut buf), Ok(n) if n > 0)
+        }
+    }
+}
+
+/// One long-lived `mariadb` client process, fed SQL on stdin, one result line per query.
+struct SqlSession {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+}
+
+impl SqlSession {
+    fn open(port: u16) -> SqlSession {
+        let mut child = Command::new("mariadb")
+            .args(["-h", "127.0.0.1", "-P", &port.to_string(), "-uapp", "-papp", "--skip-ssl", "--connect-timeout=10"])
+            .args(["-N", "-B", "--unbuffered", "--skip-reconnect"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        SqlSession { child, stdin, lines }
+    }
+
+    /// Sends one statement that yields one row of one column; returns it.
+    fn query(&mut self, sql: &str) -> String {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{sql}").unwrap();
+        stdin.flush().unwrap();
+        self.lines
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("no answer to {sql:?} on the long-lived connection: {e}"))
+    }
+
+    /// Ends the session with `quit` and requires a clean exit.
+    fn close(mut self) {
+        let mut stdin = self.stdin.take().unwrap();
+        writeln!(stdin, "quit").unwrap();
+        drop(stdin);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "the long-lived mariadb client exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "the long-lived mariadb client did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for SqlSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
