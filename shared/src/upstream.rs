@@ -11,8 +11,7 @@ use tokio_util::either::Either;
 use crate::resolve::{ResolveError, Resolver};
 use crate::route::Route;
 
-/// A connection on either side of the relay: plain TCP or TLS over TCP.
-pub type Stream = Either<TcpStream, tokio_rustls::TlsStream<TcpStream>>;
+pub use crate::stream::Stream;
 
 /// Why a route's upstream could not be reached; the message goes to the access log.
 #[derive(Debug, thiserror::Error)]
