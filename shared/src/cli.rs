@@ -25,6 +25,9 @@ struct Cli {
     /// config's `[admin] address`. Port 0 picks a free port (logged).
     #[arg(long, env = "STRAIT_ADMIN_ADDRESS", global = true)]
     admin_address: Option<std::net::SocketAddr>,
+    /// Worker threads (Envoy's --concurrency); default: the CPUs this process may use.
+    #[arg(long, env = "STRAIT_WORKERS", global = true)]
+    workers: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -151,8 +154,11 @@ fn run(role: Role, cli: Cli) -> anyhow::Result<()> {
         }
         None => {
             let path = config_path()?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(crate::gateway::run(path, role, cli.admin_address))?;
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            if let Some(workers) = cli.workers {
+                runtime.worker_threads(workers.max(1));
+            }
+            runtime.enable_all().build()?.block_on(crate::gateway::run(path, role, cli.admin_address))?;
         }
     }
     Ok(())
