@@ -179,6 +179,16 @@ impl Default for AccessLog {
 }
 
 impl AccessLog {
+    /// Which sides are TLS: `none`, `downstream`, `upstream` or `both`.
+    pub fn tls_sides(&self) -> &'static str {
+        match (self.downstream_tls, self.upstream_tls) {
+            (true, true) => "both",
+            (true, false) => "downstream",
+            (false, true) => "upstream",
+            (false, false) => "none",
+        }
+    }
+
     /// Labels for the connection metrics of this connection.
     pub fn labels(&self) -> ConnectionLabels {
         ConnectionLabels {
@@ -221,12 +231,7 @@ impl AccessLog {
         let sni = dash(self.sni.clone());
         let identity = dash(self.identity.as_ref().map(|i| i.to_string()));
         let duration_ms = self.duration.as_millis() as u64;
-        let tls_sides = match (self.downstream_tls, self.upstream_tls) {
-            (true, true) => "both",
-            (true, false) => "downstream",
-            (false, true) => "upstream",
-            (false, false) => "none",
-        };
+        let tls_sides = self.tls_sides();
         macro_rules! line {
             ($level:ident) => {
                 tracing::$level!(

@@ -92,7 +92,15 @@ async fn serve(tcp: TcpStream, context: &Context, log: &mut AccessLog) -> Outcom
             Routing::Plain(_) => DATABASE_NEGOTIATION_TIMEOUT,
         };
         let connecting = Instant::now();
-        let (downstream, upstream) = match crate::protocol::negotiate(&route, downstream, &context.resolver, log, timeout).await {
+        let negotiated = crate::protocol::negotiate(&route, downstream, &context.resolver, log, timeout).await;
+        let labels = metrics::NegotiationLabels {
+            route: route.name.clone(),
+            protocol: route.protocol.as_str(),
+            tls: log.tls_sides(),
+            outcome: negotiated.as_ref().map_or_else(|outcome| outcome.class(), |_| "ok"),
+        };
+        metrics::get().negotiations.get_or_create(&labels).inc();
+        let (downstream, upstream) = match negotiated {
             Ok(streams) => streams,
             Err(outcome) => return outcome,
         };

@@ -76,6 +76,19 @@ pub struct CredentialLabels {
     pub serial: String,
 }
 
+/// Labels of a database protocol negotiation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NegotiationLabels {
+    /// Route name.
+    pub route: String,
+    /// `mysql` or `postgres`.
+    pub protocol: &'static str,
+    /// Which sides ended up TLS: `none`, `downstream`, `upstream`, `both`.
+    pub tls: &'static str,
+    /// Outcome class of the negotiation (`ok`, or the connection's outcome).
+    pub outcome: &'static str,
+}
+
 /// Labels of a reload result.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -110,6 +123,8 @@ pub struct Metrics {
     pub cert_not_after: Family<CredentialLabels, Gauge<f64, AtomicU64>>,
     /// Configuration/credential reloads by result.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// Database protocol negotiations, by which sides became TLS and how they ended.
+    pub negotiations: Family<NegotiationLabels, Counter>,
 }
 
 fn connect_histogram() -> Histogram {
@@ -132,6 +147,7 @@ impl Metrics {
             dns_failures: Family::default(),
             cert_not_after: Family::default(),
             reloads: Family::default(),
+            negotiations: Family::default(),
             registry: Registry::default(),
         };
         registry.register("tcp_connections_opened", "TCP connections opened (routed and authorized)", metrics.opened.clone());
@@ -146,6 +162,7 @@ impl Metrics {
         registry.register("dns_resolution_failures", "Upstream names that gave no address", metrics.dns_failures.clone());
         registry.register("certificate_not_after_seconds", "Expiry of each loaded certificate (Unix time)", metrics.cert_not_after.clone());
         registry.register("config_reloads", "Configuration and credential reloads, by result", metrics.reloads.clone());
+        registry.register("database_negotiations", "MySQL/PostgreSQL in-protocol TLS negotiations, by TLS sides and outcome", metrics.negotiations.clone());
         Metrics { registry, ..metrics }
     }
 
