@@ -3,8 +3,11 @@
 //! Such a route runs a negotiation step between the TCP connections and the relay:
 //! it answers or strips the client's TLS request, makes its own TLS request upstream,
 //! upgrades each side that must be TLS, and hands the relay two streams. Nothing read
-//! before a TLS handshake is carried into the encrypted session (bytes that arrive after
-//! a TLS request close the connection: the CVE-2021-23214 / 23222 class); every packet
+//! before a TLS handshake is carried into the encrypted session: PostgreSQL peers must
+//! wait for the `S`, so bytes already there close the connection (the CVE-2021-23214 /
+//! 23222 class); MySQL clients send their ClientHello right after the SSL request, so
+//! those bytes are left in the socket for the handshake, which rejects anything that is
+//! not TLS, and plaintext read earlier is never replayed into the session; every packet
 //! before the relay has a size cap; the whole negotiation has the listener's handshake
 //! timeout.
 
@@ -61,9 +64,9 @@ fn client_side(route: &Route, downstream: &Stream) -> SslMode {
 
 /// Refuses to go on if the peer sent anything after its TLS request: those bytes would
 /// otherwise be taken as part of the TLS session.
-async fn nothing_pending(tcp: &TcpStream, buffered: usize, who: &str) -> Result<(), Outcome> {
+async fn nothing_pending(tcp: &TcpStream, who: &str) -> Result<(), Outcome> {
     let mut probe = [0u8; 1];
-    let pending = buffered > 0 || matches!(tokio::time::timeout(Duration::ZERO, tcp.peek(&mut probe)).await, Ok(Ok(n)) if n > 0);
+    let pending = matches!(tokio::time::timeout(Duration::ZERO, tcp.peek(&mut probe)).await, Ok(Ok(n)) if n > 0);
     if pending {
         return Err(Outcome::Refused(Refusal::Other, format!("{who} sent data after its TLS request, before the handshake: refused (CVE-2021-23214 class)")));
     }

@@ -13,7 +13,7 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::either::Either;
 
-use super::{accept_client_tls, authorize, client_error, client_side, connect, nothing_pending, originate, upstream_failed, MAX_NEGOTIATION_PACKET};
+use super::{accept_client_tls, authorize, client_error, client_side, connect, originate, upstream_failed, MAX_NEGOTIATION_PACKET};
 use crate::access_log::{AccessLog, Outcome, Refusal};
 use crate::config::SslMode;
 use crate::resolve::Resolver;
@@ -92,6 +92,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
                 return Err(format!("{who} closed the connection during the handshake"));
             }
         }
+    }
+
+    /// Reads one packet without reading past it: after a client's SSL request its TLS
+    /// ClientHello follows at once (MySQL sends nothing in between), and those bytes
+    /// must stay in the socket for the TLS handshake.
+    async fn read_exact(&mut self, who: &str) -> Result<Packet, String> {
+        debug_assert!(self.buffer.is_empty());
+        let mut header = [0u8; 4];
+        self.stream.read_exact(&mut header).await.map_err(|e| format!("{who} read: {e}"))?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
+        if len > MAX_NEGOTIATION_PACKET {
+            return Err(format!("{who}: packet of {len} bytes exceeds the {MAX_NEGOTIATION_PACKET}-byte limit before the relay"));
+        }
+        let mut payload = vec![0u8; len];
+        self.stream.read_exact(&mut payload).await.map_err(|e| format!("{who} read: {e}"))?;
+        Ok(Packet { seq: header[3], payload })
     }
 
     async fn write(&mut self, packet: &Packet, who: &str) -> Result<(), String> {
@@ -235,7 +251,10 @@ pub async fn negotiate(route: &Route, downstream: Stream, resolver: &Resolver, l
         Err(outcome) => return Err(refuse(&mut client, 0, ER_HANDSHAKE_ERROR, outcome).await),
     };
     let mut server = PacketStream::new(Either::Left(tcp));
-    let hello = server.read("server").await.map_err(upstream_failed)?;
+    let hello = match server.read("server").await {
+        Ok(hello) => hello,
+        Err(e) => return Err(refuse(&mut client, 0, ER_HANDSHAKE_ERROR, upstream_failed(e)).await),
+    };
     let greeting = match parse_greeting(&hello.payload) {
         Ok(g) => g,
         Err(e) => return Err(refuse(&mut client, 0, ER_HANDSHAKE_ERROR, upstream_failed(e)).await),
@@ -249,7 +268,7 @@ pub async fn negotiate(route: &Route, downstream: Stream, resolver: &Resolver, l
     client.write(&greeting_out, "client").await.map_err(client_error)?;
 
     // The client's answer: an SSL request, or its handshake response in plaintext.
-    let first = client.read("client").await.map_err(client_error)?;
+    let first = client.read_exact("client").await.map_err(client_error)?;
     let caps = match client_capabilities(&first.payload) {
         Ok(caps) => caps,
         Err(e) => return Err(refuse(&mut client, first.seq.wrapping_add(1), ER_HANDSHAKE_ERROR, client_error(e)).await),
@@ -258,9 +277,9 @@ pub async fn negotiate(route: &Route, downstream: Stream, resolver: &Resolver, l
         if !offer {
             return Err(client_error("the client sent an SSL request although TLS was not offered"));
         }
-        let PacketStream { stream, buffer } = client;
-        let Either::Left(tcp) = stream else { unreachable!("TLS is only offered to plain clients") };
-        nothing_pending(&tcp, buffer.len(), "the client").await?;
+        // What follows in the socket is the client's ClientHello: the TLS handshake takes
+        // it from there, and anything that is not TLS fails that handshake.
+        let Either::Left(tcp) = client.stream else { unreachable!("TLS is only offered to plain clients") };
         let mut client = PacketStream::new(accept_client_tls(route, tcp, log).await?);
         let response = client.read("client").await.map_err(client_error)?;
         (client, response)
@@ -284,11 +303,25 @@ pub async fn negotiate(route: &Route, downstream: Stream, resolver: &Resolver, l
 
     // The rest of the connection phase, renumbered, until the server's OK or ERR.
     let shift = upstream_seq.wrapping_sub(response.seq);
+    let mut next_to_client = reply_seq;
     loop {
         tokio::select! {
             packet = server.read("server") => {
-                let mut packet = packet.map_err(upstream_failed)?;
+                // TLS 1.3: a server that refuses our client certificate says so here,
+                // after the handshake; the client gets it as a MySQL error.
+                let mut packet = match packet {
+                    Ok(packet) => packet,
+                    Err(e) => {
+                        let why = if log.upstream_tls && e.contains("alert") {
+                            format!("the server ended our TLS session ({e}): check that its client CA trusts this route's client certificate")
+                        } else {
+                            e
+                        };
+                        return Err(refuse(&mut client, next_to_client, ER_HANDSHAKE_ERROR, upstream_failed(why)).await);
+                    }
+                };
                 packet.seq = packet.seq.wrapping_sub(shift);
+                next_to_client = packet.seq.wrapping_add(1);
                 client.write(&packet, "client").await.map_err(client_error)?;
                 match packet.payload.first() {
                     Some(0x00) => break,
@@ -298,6 +331,7 @@ pub async fn negotiate(route: &Route, downstream: Stream, resolver: &Resolver, l
             }
             packet = client.read("client") => {
                 let mut packet = packet.map_err(client_error)?;
+                next_to_client = packet.seq.wrapping_add(1);
                 packet.seq = packet.seq.wrapping_add(shift);
                 server.write(&packet, "server").await.map_err(upstream_failed)?;
             }

@@ -121,7 +121,7 @@ pub async fn negotiate(route: &Route, downstream: Stream, resolver: &Resolver, l
             }
             Startup::SslRequest => {
                 let Either::Left(tcp) = client else { unreachable!("checked above") };
-                nothing_pending(&tcp, 0, "the client").await?;
+                nothing_pending(&tcp, "the client").await?;
                 let mut plain = tcp;
                 write(&mut plain, b"S").await?;
                 client = accept_client_tls(route, plain, log).await?;
@@ -168,7 +168,12 @@ async fn connect_server(route: &Route, resolver: &Resolver, log: &mut AccessLog)
     let mut answer = [0u8; 1];
     tcp.read_exact(&mut answer).await.map_err(|e| upstream_failed(format!("server closed after our SSLRequest: {e}")))?;
     match answer[0] {
-        b'S' => originate(route, tcp, addr, log).await,
+        b'S' => {
+            // Nothing may follow `S` before our ClientHello (CVE-2021-23222: injected
+            // bytes taken as part of the session).
+            nothing_pending(&tcp, "the server").await.map_err(|_| upstream_failed("the server sent data after S, before the TLS handshake: refused (CVE-2021-23222 class)"))?;
+            originate(route, tcp, addr, log).await
+        }
         b'N' => Err(upstream_failed("the server answered N to our SSLRequest (no TLS): refusing to fall back to plaintext")),
         other => Err(upstream_failed(format!("the server answered {:?} to our SSLRequest", other as char))),
     }
