@@ -102,10 +102,13 @@ pub fn main(role: Role) -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    if let Err(e) = crate::telemetry::init(&cli.log_level, cli.log_format) {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
-    }
+    let _log_flush = match crate::telemetry::init(&cli.log_level, cli.log_format) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match run(role, cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -79,7 +79,9 @@ async fn serve(tcp: TcpStream, context: &Context, log: &mut AccessLog) -> Outcom
     };
     let (downstream, route) = match &plan.routing {
         Routing::Plain(route) => (Either::Left(tcp), route.clone()),
-        Routing::Tls(routing) => match accept(tcp, routing, log).await {
+        // Boxed: the handshake's state is large and only needed until it completes, so
+        // an idle connection's task does not carry it.
+        Routing::Tls(routing) => match Box::pin(accept(tcp, routing, log)).await {
             Ok(accepted) => accepted,
             Err(outcome) => return outcome,
         },
@@ -92,7 +94,7 @@ async fn serve(tcp: TcpStream, context: &Context, log: &mut AccessLog) -> Outcom
             Routing::Plain(_) => DATABASE_NEGOTIATION_TIMEOUT,
         };
         let connecting = Instant::now();
-        let negotiated = crate::protocol::negotiate(&route, downstream, &context.resolver, log, timeout).await;
+        let negotiated = Box::pin(crate::protocol::negotiate(&route, downstream, &context.resolver, log, timeout)).await;
         let labels = metrics::NegotiationLabels {
             route: route.name.clone(),
             protocol: route.protocol.as_str(),
@@ -114,7 +116,7 @@ async fn serve(tcp: TcpStream, context: &Context, log: &mut AccessLog) -> Outcom
     }
     metrics::get().opened.get_or_create(&log.labels()).inc();
     let connecting = Instant::now();
-    let (upstream, address) = match upstream::connect(&route, &context.resolver).await {
+    let (upstream, address) = match Box::pin(upstream::connect(&route, &context.resolver)).await {
         Ok(connected) => connected,
         Err(e) => {
             let labels = metrics::RouteLabels { route: route.name.clone() };

@@ -21,11 +21,14 @@ pub enum LogFormat {
 static FILTER: OnceLock<(reload::Handle<EnvFilter, Registry>, std::sync::Mutex<String>)> = OnceLock::new();
 
 /// Logs to stderr at `level` (a level or an `EnvFilter` directive such as
-/// `info,strait::access=warn`).
-pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
+/// `info,strait::access=warn`). Lines are written by a background thread, so a worker
+/// never waits on stderr for an access-log line; when that thread falls behind, workers
+/// wait rather than drop lines. Keep the returned guard until exit: dropping it flushes.
+pub fn init(level: &str, format: LogFormat) -> Result<tracing_appender::non_blocking::WorkerGuard, String> {
     let filter = parse(level)?;
     let (filter, handle) = reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(std::io::stderr().is_terminal());
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {
         LogFormat::Text => registry.with(fmt).try_init(),
@@ -33,7 +36,7 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
     };
     installed.map_err(|e| e.to_string())?;
     let _ = FILTER.set((handle, std::sync::Mutex::new(level.to_owned())));
-    Ok(())
+    Ok(guard)
 }
 
 /// Parses a filter, refusing a bare word that is not a level: `EnvFilter` would take
