@@ -7,4 +7,4 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 e2e/install-deps.sh
 cargo build --workspace --locked
-cargo test --workspace --locked -- --test-threads=4
+cargo test --workspace --locked --no-fail-fast -- --test-threads=4

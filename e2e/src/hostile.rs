@@ -340,6 +340,13 @@ impl Interactive {
         stdin.flush().unwrap();
     }
 
+    /// Types `text` if it is still running; false when it has already closed its stdin
+    /// (exited), which is what a refused session does.
+    pub fn try_send(&mut self, text: &str) -> bool {
+        let Some(stdin) = self.stdin.as_mut() else { return false };
+        stdin.write_all(text.as_bytes()).and_then(|()| stdin.flush()).is_ok()
+    }
+
     /// Closes its stdin (with `-no_ign_eof`, that ends the session).
     pub fn close_stdin(&mut self) {
         self.stdin = None;
