@@ -634,7 +634,9 @@ impl Config {
         }
         for name in route.listeners.iter().flatten() {
             if !listeners.contains(name.as_str()) {
-                return Err(err("listeners", format!("no listener is named {name:?}")));
+                let mut known: Vec<&str> = listeners.iter().copied().collect();
+                known.sort_unstable();
+                return Err(err("listeners", format!("no listener is named {name:?} (listeners: {})", known.join(", "))));
             }
         }
         if let Some(host) = route.hosts.iter().find(|h| h.is_empty() || h.contains(':') || h.contains('*')) {

@@ -126,7 +126,7 @@ pub fn load_crls(file: &Path) -> Result<Vec<CertificateRevocationListDer<'static
 }
 
 fn read(file: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(file).map_err(|e| file_error(file, format!("cannot read: {e}")))
+    std::fs::read(file).map_err(|e| file_error(file, format!("cannot read: {e} (check the path; a `dir` must hold tls.crt, tls.key and ca.crt)")))
 }
 
 /// Every certificate in a PEM file, in order; an empty file is an error.
@@ -136,7 +136,7 @@ pub fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_error(file, format!("not a PEM certificate file: {e}")))?;
     if certs.is_empty() {
-        return Err(file_error(file, "holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)"));
+        return Err(file_error(file, "holds no PEM certificate (expected -----BEGIN CERTIFICATE-----): point it at a certificate or CA bundle in PEM"));
     }
     for cert in &certs {
         check_validity(file, cert)?;
@@ -155,10 +155,10 @@ fn check_validity(file: &Path, cert: &CertificateDer<'_>) -> Result<(), TlsError
     let validity = parsed.validity();
     let subject = parsed.subject();
     if validity.not_after.timestamp() < now {
-        return Err(file_error(file, format!("certificate {subject} expired at {}", validity.not_after)));
+        return Err(file_error(file, format!("certificate {subject} expired at {}: renew it (cert-manager, or `strait-ingress certs` for a lab)", validity.not_after)));
     }
     if validity.not_before.timestamp() > now {
-        return Err(file_error(file, format!("certificate {subject} is not valid before {}", validity.not_before)));
+        return Err(file_error(file, format!("certificate {subject} is not valid before {}: check this host's clock or the certificate's dates", validity.not_before)));
     }
     Ok(())
 }
@@ -166,7 +166,7 @@ fn check_validity(file: &Path, cert: &CertificateDer<'_>) -> Result<(), TlsError
 /// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(file: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(file)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| file_error(file, format!("holds no usable PEM private key: {e}")))
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| file_error(file, format!("holds no usable PEM private key ({e}): expected -----BEGIN PRIVATE KEY----- (PKCS#8, PKCS#1 or SEC1)")))
 }
 
 /// A trust store from a CA bundle; every certificate in it (root or intermediate)
@@ -186,7 +186,7 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     let chain = load_certs(cert)?;
     let key_der = load_key(key)?;
     let certified = CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| {
-        file_error(key, format!("does not belong to the certificate in {}: {e}", cert.display()))
+        file_error(key, format!("does not belong to the certificate in {}: {e}: take both from the same Secret (an update half done?)", cert.display()))
     })?;
     Ok(Arc::new(certified))
 }
