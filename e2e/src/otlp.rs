@@ -7,14 +7,18 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use prost::Message;
+
+use crate::serve_each;
 
 /// One received span: its name, its attributes and its resource's, as strings.
 #[derive(Clone, Debug)]
@@ -41,11 +45,24 @@ impl ReceivedSpan {
     }
 }
 
+/// One data point of a received metric (sums and gauges; histograms by their count).
+#[derive(Clone, Debug)]
+pub struct ReceivedPoint {
+    /// The metric name.
+    pub name: String,
+    /// The point's attributes (the Prometheus labels).
+    pub attributes: BTreeMap<String, String>,
+    /// Its value (a histogram's count).
+    pub value: f64,
+}
+
 /// What the receiver has seen so far.
 #[derive(Default)]
 struct Received {
     /// Every span of every accepted export request, in arrival order.
     spans: Vec<ReceivedSpan>,
+    /// Every metric data point, in arrival order.
+    points: Vec<ReceivedPoint>,
     /// Requests it could not take (wrong path, undecodable body): shown when a wait fails.
     problems: Vec<String>,
     /// Export requests answered 200.
@@ -62,16 +79,9 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Binds 127.0.0.1:0 and starts accepting (a thread per connection).
     pub fn start() -> OtlpReceiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Received::default()));
         let shared = received.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let shared = shared.clone();
-                std::thread::spawn(move || serve(stream, &shared));
-            }
-        });
+        let port = serve_each(move |stream| serve(stream, &shared));
         OtlpReceiver { port, received }
     }
 
@@ -83,6 +93,23 @@ impl OtlpReceiver {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.received.lock().unwrap().spans.clone()
+    }
+
+    /// Waits up to `limit` for a metric point named `name` that `matches` accepts.
+    pub fn wait_for_point(&self, limit: Duration, name: &str, matches: impl Fn(&ReceivedPoint) -> bool) -> ReceivedPoint {
+        let deadline = Instant::now() + limit;
+        loop {
+            let found = self.received.lock().unwrap().points.iter().rev().find(|p| p.name == name && matches(p)).cloned();
+            if let Some(point) = found {
+                return point;
+            }
+            if Instant::now() > deadline {
+                let received = self.received.lock().unwrap();
+                let names: std::collections::BTreeSet<&str> = received.points.iter().map(|p| p.name.as_str()).collect();
+                panic!("no point of {name} within {limit:?}; metrics received: {names:?}; problems: {:?}", received.problems);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits up to `limit` for a span `matches` accepts; panics with what did arrive.
@@ -186,6 +213,19 @@ fn read_chunked(reader: &mut impl BufRead) -> Option<Vec<u8>> {
 /// Answers one request: 200 with an empty export response when it carried spans.
 fn handle(request: &Request, received: &Mutex<Received>) -> (&'static str, Vec<u8>) {
     let mut received = received.lock().unwrap();
+    if request.method == "POST" && request.path == "/v1/metrics" && request.content_encoding.is_none() {
+        return match ExportMetricsServiceRequest::decode(request.body.as_slice()) {
+            Ok(export) => {
+                received.points.extend(points(export));
+                received.exports += 1;
+                ("200 OK", ExportMetricsServiceResponse::default().encode_to_vec())
+            }
+            Err(e) => {
+                received.problems.push(format!("undecodable ExportMetricsServiceRequest ({} bytes): {e}", request.body.len()));
+                ("400 Bad Request", Vec::new())
+            }
+        };
+    }
     if request.method != "POST" || request.path != "/v1/traces" {
         received.problems.push(format!("{} {}: not an OTLP trace export", request.method, request.path));
         return ("404 Not Found", Vec::new());
@@ -223,6 +263,30 @@ fn flatten(export: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
         }
     }
     spans
+}
+
+fn points(export: ExportMetricsServiceRequest) -> Vec<ReceivedPoint> {
+    let mut out = Vec::new();
+    let number = |v: Option<number_data_point::Value>| match v {
+        Some(number_data_point::Value::AsInt(i)) => i as f64,
+        Some(number_data_point::Value::AsDouble(d)) => d,
+        None => f64::NAN,
+    };
+    for resource in export.resource_metrics {
+        for scope in resource.scope_metrics {
+            for metric in scope.metrics {
+                let name = metric.name.clone();
+                let mut push = |attributes, value| out.push(ReceivedPoint { name: name.clone(), attributes: strings(attributes), value });
+                match metric.data {
+                    Some(Data::Sum(sum)) => sum.data_points.into_iter().for_each(|p| push(p.attributes, number(p.value))),
+                    Some(Data::Gauge(gauge)) => gauge.data_points.into_iter().for_each(|p| push(p.attributes, number(p.value))),
+                    Some(Data::Histogram(h)) => h.data_points.into_iter().for_each(|p| push(p.attributes, p.count as f64)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
 }
 
 fn strings(attributes: Vec<KeyValue>) -> BTreeMap<String, String> {
@@ -290,7 +354,7 @@ mod tests {
         writer.write_all(&second).unwrap();
         writer.write_all(b"\r\n0\r\n\r\n").unwrap();
         assert_eq!(status(&mut reader), "HTTP/1.1 200 OK");
-        writer.write_all(b"GET /v1/metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").unwrap();
+        writer.write_all(b"GET /v1/logs HTTP/1.1\r\nContent-Length: 0\r\n\r\n").unwrap();
         assert_eq!(status(&mut reader), "HTTP/1.1 404 Not Found");
         let spans = receiver.spans();
         assert_eq!(spans.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["first", "second"]);

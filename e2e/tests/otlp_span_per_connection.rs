@@ -102,3 +102,32 @@ fn start(pki: &Pki, receiver: &OtlpReceiver) -> Traced {
 fn only(spans: &[ReceivedSpan], listener: &str) -> usize {
     spans.iter().filter(|s| s.attr("strait.listener") == listener).count()
 }
+
+/// The metrics reach the collector too, with the Prometheus names and labels.
+#[test]
+fn metrics_are_pushed_with_their_labels() {
+    let receiver = OtlpReceiver::start();
+    let pki = Pki::reference();
+    let echo = EchoServer::start();
+    let (plain_port, mesh_port, ingress_port) = (free_port(), free_port(), free_port());
+    let _ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config(&pki, ingress_port, echo.port));
+    let telemetry = format!("[telemetry]\notlp_endpoint = \"{}\"\nmetrics_interval = \"500ms\"\n", receiver.endpoint());
+    let upstream = format!("127.0.0.1:{ingress_port}");
+    let _egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(&pki, plain_port, mesh_port, &upstream, &telemetry));
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", plain_port)).unwrap();
+    std::io::Write::write_all(&mut stream, b"ping").unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut stream), "ping");
+
+    let limit = std::time::Duration::from_secs(15);
+    let opened = receiver.wait_for_point(limit, "strait_tcp_connections_opened", |p| p.attributes.get("route").map(String::as_str) == Some("to-ingress"));
+    assert_eq!(opened.attributes.get("direction").map(String::as_str), Some("outbound"), "{opened:?}");
+    assert!(opened.value >= 1.0, "{opened:?}");
+    let closed = receiver.wait_for_point(limit, "strait_tcp_connections_closed", |p| p.attributes.get("outcome").map(String::as_str) == Some("closed"));
+    assert!(closed.value >= 1.0, "{closed:?}");
+    let received = receiver.wait_for_point(limit, "strait_tcp_received_bytes", |_| true);
+    assert!(received.value >= 4.0, "{received:?}");
+    receiver.wait_for_point(limit, "strait_upstream_connect_seconds", |p| p.value >= 1.0);
+    let expiry = receiver.wait_for_point(limit, "strait_certificate_not_after_seconds", |p| p.attributes.contains_key("serial"));
+    assert!(expiry.value > 1.7e9, "{expiry:?}");
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::identity::Identity;
-use crate::metrics::{self, ClosedLabels, ConnectionLabels, RefusalLabels};
+use crate::metrics::{self, ConnectionLabels};
 
 /// Why a connection was refused before a route was taken; a fixed set, so it can be a
 /// metrics label.
@@ -201,22 +201,12 @@ impl AccessLog {
 
     /// Counts the closed connection in the metrics.
     fn count(&self, outcome: &Outcome) {
-        let m = metrics::get();
-        let labels = self.labels();
-        if self.bytes_sent > 0 || self.bytes_received > 0 {
-            m.sent_bytes.get_or_create(&labels).inc_by(self.bytes_sent);
-            m.received_bytes.get_or_create(&labels).inc_by(self.bytes_received);
-        }
         let refusal = match outcome {
             Outcome::Refused(reason, _) => Some(reason.as_str()),
             Outcome::Denied(_) => Some("denied_identity"),
             _ => None,
         };
-        if let Some(reason) = refusal {
-            m.handshake_failures.get_or_create(&RefusalLabels { listener: labels.listener.clone(), reason }).inc();
-        }
-        let ConnectionLabels { listener, route, direction, mtls } = labels;
-        m.closed.get_or_create(&ClosedLabels { listener, route, direction, mtls, outcome: outcome.class() }).inc();
+        metrics::get().connection_closed(&self.labels(), outcome.class(), self.bytes_sent, self.bytes_received, refusal);
     }
 
     /// Writes the line (`info` for a clean close, `warn` for anything else) and counts

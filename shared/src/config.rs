@@ -311,14 +311,27 @@ fn default_true() -> bool {
 }
 
 /// OpenTelemetry export (`[telemetry]`); read at start only.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
     /// OTLP/HTTP collector base URL, e.g. `http://otel-collector:4318`; one span per
     /// connection goes to `/v1/traces`. No export when absent.
     pub otlp_endpoint: Option<String>,
-    /// `service.name` of the spans; default `strait-egress` / `strait-ingress`.
+    /// `service.name` of the spans and metrics; default `strait-egress` / `strait-ingress`.
     pub service_name: Option<String>,
+    /// How often metrics are pushed to the collector.
+    #[serde(default = "default_metrics_interval", with = "humantime_serde")]
+    pub metrics_interval: Duration,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings { otlp_endpoint: None, service_name: None, metrics_interval: default_metrics_interval() }
+    }
+}
+
+fn default_metrics_interval() -> Duration {
+    Duration::from_secs(15)
 }
 
 /// Process-wide settings (`[process]`).

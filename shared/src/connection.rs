@@ -15,7 +15,7 @@ use tokio_util::either::Either;
 
 use crate::access_log::{AccessLog, Outcome, Refusal};
 use crate::config::{PeerAuth, Protocol, Role};
-use crate::metrics::{self, ListenerLabels};
+use crate::metrics;
 use crate::identity::Identity;
 use crate::relay::relay;
 use crate::resolve::Resolver;
@@ -53,8 +53,7 @@ pub fn tune_socket(tcp: &TcpStream) {
 
 /// Serves one accepted connection to the end and logs it.
 pub async fn handle(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, context: Arc<Context>) {
-    let active = metrics::get().active.get_or_create(&ListenerLabels { listener: listener.to_string() }).clone();
-    active.inc();
+    let _active = metrics::get().connection_active(&listener);
     let mut log = AccessLog {
         start: SystemTime::now(),
         listener,
@@ -69,7 +68,6 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, contex
     let outcome = serve(tcp, &context, &mut log).await;
     log.duration = clock.elapsed();
     log.emit(outcome);
-    active.dec();
 }
 
 async fn serve(tcp: TcpStream, context: &Context, log: &mut AccessLog) -> Outcome {
@@ -101,12 +99,12 @@ async fn serve(tcp: TcpStream, context: &Context, log: &mut AccessLog) -> Outcom
             tls: log.tls_sides(),
             outcome: negotiated.as_ref().map_or_else(|outcome| outcome.class(), |_| "ok"),
         };
-        metrics::get().negotiations.get_or_create(&labels).inc();
+        metrics::get().negotiated(&labels);
         let (downstream, upstream) = match negotiated {
             Ok(streams) => streams,
             Err(outcome) => return outcome,
         };
-        metrics::get().opened.get_or_create(&log.labels()).inc();
+        metrics::get().connection_opened(&log.labels());
         metrics::get().upstream_connected(&route.name, connecting.elapsed());
         return relay_and_close(downstream, upstream, &route, log).await;
     }
@@ -114,16 +112,12 @@ async fn serve(tcp: TcpStream, context: &Context, log: &mut AccessLog) -> Outcom
         let who = log.identity.as_ref().map_or_else(|| "a client without a certificate".to_owned(), |id| format!("identity {id}"));
         return Outcome::Denied(format!("{who} is not on route {:?}'s allow list", route.name));
     }
-    metrics::get().opened.get_or_create(&log.labels()).inc();
+    metrics::get().connection_opened(&log.labels());
     let connecting = Instant::now();
     let (upstream, address) = match Box::pin(upstream::connect(&route, &context.resolver)).await {
         Ok(connected) => connected,
         Err(e) => {
-            let labels = metrics::RouteLabels { route: route.name.clone() };
-            if matches!(e, upstream::UpstreamError::Resolve(_)) {
-                metrics::get().dns_failures.get_or_create(&labels).inc();
-            }
-            metrics::get().upstream_failures.get_or_create(&labels).inc();
+            metrics::get().upstream_failed(&route.name, matches!(e, upstream::UpstreamError::Resolve(_)));
             return Outcome::UpstreamFailed(e.to_string());
         }
     };

@@ -129,10 +129,6 @@ pub struct Gateway {
     admin_stop: CancellationToken,
     /// The admin port's actual address (port 0 resolved), for `/config_dump`.
     admin_bound: Option<SocketAddr>,
-    /// OTLP collector, from the config at start.
-    otlp_endpoint: Option<String>,
-    /// `service.name` for exported spans.
-    service_name: String,
 }
 
 /// Runs the gateway from `config_path` until SIGTERM or SIGINT, then drains.
@@ -143,11 +139,6 @@ pub async fn run(config_path: PathBuf, role: Role, admin_address: Option<SocketA
     let mut hup = signal(SignalKind::hangup()).map_err(setup("SIGHUP handler"))?;
     let (changes_tx, mut changes) = mpsc::channel(1);
     let mut gateway = Gateway::start(config_path, role, changes_tx).await?;
-    if let Some(endpoint) = &gateway.otlp_endpoint {
-        let service = gateway.service_name.clone();
-        crate::otel::init(endpoint, &service).map_err(|reason| StartError::Setup { what: "OpenTelemetry export", reason })?;
-        tracing::info!(%endpoint, %service, "exporting a span per connection over OTLP/HTTP");
-    }
     if gateway.admin_settings.enabled {
         let address = admin_address.unwrap_or(gateway.admin_settings.address);
         let bound = admin::serve(address, gateway.admin.clone(), gateway.admin_stop.clone())
@@ -179,6 +170,12 @@ pub async fn run(config_path: PathBuf, role: Role, admin_address: Option<SocketA
 impl Gateway {
     async fn start(config_path: PathBuf, role: Role, changes: mpsc::Sender<()>) -> Result<Gateway, StartError> {
         let config = Config::load(&config_path, role)?;
+        if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+            let service = config.telemetry.service_name.clone().unwrap_or_else(|| format!("strait-{}", role.name()));
+            crate::otel::init(endpoint, &service, config.telemetry.metrics_interval)
+                .map_err(|reason| StartError::Setup { what: "OpenTelemetry export", reason })?;
+            tracing::info!(%endpoint, %service, "exporting a span per connection and the metrics over OTLP/HTTP");
+        }
         let inputs = watch::fingerprint(&config.watched_files());
         warn_about_insecure_settings(&config, role);
         let table = RouteTable::build(&config)?;
@@ -204,8 +201,6 @@ impl Gateway {
             admin_settings: AdminSettings::default(),
             admin_stop: CancellationToken::new(),
             admin_bound: None,
-            otlp_endpoint: config.telemetry.otlp_endpoint.clone(),
-            service_name: config.telemetry.service_name.clone().unwrap_or_else(|| format!("strait-{}", role.name())),
         };
         gateway.admin_settings = AdminSettings { address: config.admin.address, enabled: config.admin.enabled };
         gateway.apply(config, table, inputs).await?;
@@ -236,8 +231,7 @@ impl Gateway {
         let previous = status.take();
         let (succeeded, failed) = previous.map_or((0, 0), |s| (s.succeeded, s.failed));
         let result = result.map_err(|e| e.to_string());
-        let label = crate::metrics::ReloadLabels { result: if result.is_ok() { "success" } else { "failure" } };
-        crate::metrics::get().reloads.get_or_create(&label).inc();
+        crate::metrics::get().reloaded(result.is_ok());
         match &result {
             Ok(()) => tracing::info!(trigger, "configuration and credentials reloaded"),
             Err(e) => tracing::error!(trigger, error = %e, "reload refused; the previous configuration and credentials stay in use"),
@@ -361,12 +355,16 @@ impl Gateway {
 
     fn log_credentials(&self, table: &RouteTable) {
         let now = SystemTime::now();
-        let expiry = &crate::metrics::get().cert_not_after;
-        expiry.clear();
+        let expiries: Vec<_> = table
+            .credentials
+            .iter()
+            .map(|c| {
+                let labels = crate::metrics::CredentialLabels { file: c.cert_file.display().to_string(), serial: c.serial.clone() };
+                (labels, c.not_after.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64())
+            })
+            .collect();
+        crate::metrics::get().certificates(&expiries);
         for credential in &table.credentials {
-            let labels = crate::metrics::CredentialLabels { file: credential.cert_file.display().to_string(), serial: credential.serial.clone() };
-            let not_after = credential.not_after.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-            expiry.get_or_create(&labels).set(not_after.as_secs_f64());
             let left = credential.not_after.duration_since(now).unwrap_or_default();
             let expires = humantime::format_rfc3339_seconds(credential.not_after);
             if left < self.cert_warning_window {

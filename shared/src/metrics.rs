@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -175,13 +176,134 @@ impl Metrics {
 
     /// Counts a connection closed at accept by the connection limit.
     pub fn connection_shed(&self, listener: &str) {
-        self.shed.get_or_create(&ListenerLabels { listener: listener.to_owned() }).inc();
+        let labels = ListenerLabels { listener: listener.to_owned() };
+        self.shed.get_or_create(&labels).inc();
+        otel(|o| o.shed.add(1, &labels.attributes()));
     }
 
     /// Records one upstream connect's duration.
     pub fn upstream_connected(&self, route: &str, took: Duration) {
-        self.upstream_connect_seconds.get_or_create(&RouteLabels { route: route.to_owned() }).observe(took.as_secs_f64());
+        let labels = RouteLabels { route: route.to_owned() };
+        self.upstream_connect_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+        otel(|o| o.upstream_connect_seconds.record(took.as_secs_f64(), &labels.attributes()));
     }
+
+    /// Counts a connection that got its route and passed authorization.
+    pub fn connection_opened(&self, labels: &ConnectionLabels) {
+        self.opened.get_or_create(labels).inc();
+        otel(|o| o.opened.add(1, &labels.attributes()));
+    }
+
+    /// Counts a finished connection: its bytes, how it ended, and the refusal reason
+    /// (a handshake failure) if it was refused.
+    pub fn connection_closed(&self, labels: &ConnectionLabels, outcome: &'static str, sent: u64, received: u64, refusal: Option<&'static str>) {
+        let attributes = labels.attributes();
+        if sent > 0 || received > 0 {
+            self.sent_bytes.get_or_create(labels).inc_by(sent);
+            self.received_bytes.get_or_create(labels).inc_by(received);
+            otel(|o| {
+                o.sent_bytes.add(sent, &attributes);
+                o.received_bytes.add(received, &attributes);
+            });
+        }
+        if let Some(reason) = refusal {
+            let refused = RefusalLabels { listener: labels.listener.clone(), reason };
+            self.handshake_failures.get_or_create(&refused).inc();
+            otel(|o| o.handshake_failures.add(1, &refused.attributes()));
+        }
+        let ConnectionLabels { listener, route, direction, mtls } = labels.clone();
+        let closed = ClosedLabels { listener, route, direction, mtls, outcome };
+        self.closed.get_or_create(&closed).inc();
+        otel(|o| o.closed.add(1, &closed.attributes()));
+    }
+
+    /// Marks a connection open on `listener` until the guard drops.
+    pub fn connection_active(&self, listener: &str) -> ActiveGuard {
+        let labels = ListenerLabels { listener: listener.to_owned() };
+        let gauge = self.active.get_or_create(&labels).clone();
+        gauge.inc();
+        otel(|o| o.active.add(1, &labels.attributes()));
+        ActiveGuard { gauge, labels }
+    }
+
+    /// Counts an upstream that could not be reached, and whether DNS was why.
+    pub fn upstream_failed(&self, route: &str, dns: bool) {
+        let labels = RouteLabels { route: route.to_owned() };
+        if dns {
+            self.dns_failures.get_or_create(&labels).inc();
+            otel(|o| o.dns_failures.add(1, &labels.attributes()));
+        }
+        self.upstream_failures.get_or_create(&labels).inc();
+        otel(|o| o.upstream_failures.add(1, &labels.attributes()));
+    }
+
+    /// Counts a database negotiation.
+    pub fn negotiated(&self, labels: &NegotiationLabels) {
+        self.negotiations.get_or_create(labels).inc();
+        otel(|o| o.negotiations.add(1, &labels.attributes()));
+    }
+
+    /// Counts a reload attempt.
+    pub fn reloaded(&self, success: bool) {
+        let labels = ReloadLabels { result: if success { "success" } else { "failure" } };
+        self.reloads.get_or_create(&labels).inc();
+        otel(|o| o.reloads.add(1, &labels.attributes()));
+    }
+
+    /// Replaces the certificate expiry series with the certificates loaded now.
+    pub fn certificates(&self, loaded: &[(CredentialLabels, f64)]) {
+        self.cert_not_after.clear();
+        for (labels, not_after) in loaded {
+            self.cert_not_after.get_or_create(labels).set(*not_after);
+            otel(|o| o.cert_not_after.record(*not_after, &labels.attributes()));
+        }
+    }
+}
+
+/// Keeps a connection counted in `strait_active_connections` while it lives.
+pub struct ActiveGuard {
+    gauge: Gauge,
+    labels: ListenerLabels,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        otel(|o| o.active.add(-1, &self.labels.attributes()));
+    }
+}
+
+/// Runs `record` on the OTLP instruments when metric export is on.
+fn otel(record: impl FnOnce(&crate::otel::Instruments)) {
+    if let Some(instruments) = crate::otel::instruments() {
+        record(instruments);
+    }
+}
+
+/// Label sets as OpenTelemetry attributes, so both exports carry the same labels.
+trait Attributes {
+    fn attributes(&self) -> Vec<KeyValue>;
+}
+
+macro_rules! attributes {
+    ($($type:ty => [$($field:ident),*]),* $(,)?) => {
+        $(impl Attributes for $type {
+            fn attributes(&self) -> Vec<KeyValue> {
+                vec![$(KeyValue::new(stringify!($field), self.$field.clone())),*]
+            }
+        })*
+    };
+}
+
+attributes! {
+    ConnectionLabels => [listener, route, direction, mtls],
+    ClosedLabels => [listener, route, direction, mtls, outcome],
+    ListenerLabels => [listener],
+    RefusalLabels => [listener, reason],
+    RouteLabels => [route],
+    CredentialLabels => [file, serial],
+    ReloadLabels => [result],
+    NegotiationLabels => [route, protocol, tls, outcome],
 }
 
 /// The process's metrics (created on first use).
