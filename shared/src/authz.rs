@@ -43,7 +43,7 @@ impl Pattern {
             return Ok(Pattern::Any);
         }
         if let Some(dns) = text.strip_prefix("dns:") {
-            if dns.is_empty() || (dns.contains('*') && !dns.starts_with("*.")) || dns[1..].contains('*') {
+            if dns.is_empty() || dns.strip_prefix("*.").unwrap_or(dns).contains('*') {
                 return Err(failed("a DNS pattern is a name, or *.name for one label"));
             }
             return Ok(Pattern::Dns(dns.to_ascii_lowercase()));
@@ -152,6 +152,8 @@ mod tests {
         assert!(Pattern::parse("cn:egress").unwrap().matches(&id));
         assert!(!Pattern::parse("cn:Egress").unwrap().matches(&id));
         assert!(Pattern::parse("dns:a*.b").is_err());
+        assert!(Pattern::parse("dns:*.*.b").is_err());
+        assert!(Pattern::parse("dns:éa.b").is_ok());
         assert!(Pattern::parse("client").is_err());
     }
 

@@ -406,6 +406,9 @@ fn default_idle_timeout() -> Duration {
     Duration::from_secs(3600)
 }
 
+/// Upper bound for `max_connections` (far above what one process can hold open).
+const MAX_CONNECTIONS_LIMIT: usize = 1 << 24;
+
 fn default_max_connections() -> usize {
     16384
 }
@@ -562,8 +565,11 @@ impl Config {
                 Err(err(field, format!("no route is named {name:?}")))
             }
         };
-        if listener.max_connections == 0 {
-            return Err(err("max_connections", "must be at least 1".into()));
+        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&listener.max_connections) {
+            return Err(err("max_connections", format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}")));
+        }
+        if listener.handshake_timeout.is_zero() {
+            return Err(err("handshake_timeout", "must be more than 0 (it bounds how long a stranger can hold a connection)".into()));
         }
         match &listener.tls {
             None => {
@@ -621,7 +627,7 @@ impl Config {
                 }
                 let routes_with_allow = self.routes.iter().map(|r| r.get_ref()).filter(|r| !r.allow.is_empty());
                 if tls.mode == Some(TlsMode::Simple) {
-                    if let Some(r) = routes_with_allow.filter(|r| self.tls_listeners_of(r).any(|n| n == listener.name)).next() {
+                    if let Some(r) = routes_with_allow.into_iter().find(|r| self.tls_listeners_of(r).any(|n| n == listener.name)) {
                         return Err(err("tls.mode", format!("route {:?} has an `allow` list, but mode \"simple\" asks no client certificate: use \"mutual\"", r.name)));
                     }
                 }
@@ -642,6 +648,10 @@ impl Config {
         let span = r.span();
         let route = r.get_ref();
         let err = |field: &str, msg: String| self.invalid(span.clone(), at(field), msg);
+        if route.connect_timeout.is_zero() || route.idle_timeout.is_zero() {
+            let field = if route.connect_timeout.is_zero() { "connect_timeout" } else { "idle_timeout" };
+            return Err(err(field, "must be more than 0 (a zero timeout would close every connection at once)".into()));
+        }
         if split_host_port(&route.upstream).is_none() {
             return Err(err("upstream", format!("{:?} is not host:port", route.upstream)));
         }

@@ -30,10 +30,6 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 const KEEPALIVE_TIME: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Database negotiation at plain listeners (which have no handshake timeout of their
-/// own) must finish within this.
-const DATABASE_NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What every connection of a process shares.
 pub struct Context {
     /// The current routing state; replaced whole on reload.
@@ -87,10 +83,12 @@ async fn serve(tcp: TcpStream, context: &Context, log: &mut AccessLog) -> Outcom
     log.route = Some(route.name.clone());
     log.protocol = route.protocol.as_str();
     if route.protocol != Protocol::Tcp {
-        let timeout = match &plan.routing {
-            Routing::Tls(t) => t.handshake_timeout,
-            Routing::Plain(_) => DATABASE_NEGOTIATION_TIMEOUT,
-        };
+        // A client already inside TLS is judged before the database sees a connection
+        // (failed handshakes count towards MySQL's max_connect_errors host block).
+        if log.downstream_tls && !route.allow.allows(log.identity.as_ref()) {
+            return denied(&route, log);
+        }
+        let timeout = plan.handshake_timeout;
         let connecting = Instant::now();
         let negotiated = Box::pin(crate::protocol::negotiate(&route, downstream, &context.resolver, log, timeout)).await;
         let labels = metrics::NegotiationLabels {
@@ -109,8 +107,7 @@ async fn serve(tcp: TcpStream, context: &Context, log: &mut AccessLog) -> Outcom
         return relay_and_close(downstream, upstream, &route, log).await;
     }
     if !route.allow.allows(log.identity.as_ref()) {
-        let who = log.identity.as_ref().map_or_else(|| "a client without a certificate".to_owned(), |id| format!("identity {id}"));
-        return Outcome::Denied(format!("{who} is not on route {:?}'s allow list", route.name));
+        return denied(&route, log);
     }
     metrics::get().connection_opened(&log.labels());
     let connecting = Instant::now();
@@ -125,6 +122,12 @@ async fn serve(tcp: TcpStream, context: &Context, log: &mut AccessLog) -> Outcom
     log.upstream = Some(address);
     log.upstream_tls = route.origination.is_some();
     relay_and_close(downstream, upstream, &route, log).await
+}
+
+/// The refusal of a client the route's allow list does not name.
+pub fn denied(route: &Route, log: &AccessLog) -> Outcome {
+    let who = log.identity.as_ref().map_or_else(|| "a client without a certificate".to_owned(), |id| format!("identity {id}"));
+    Outcome::Denied(format!("{who} is not on route {:?}'s allow list", route.name))
 }
 
 /// Relays until both sides close, and records what moved.

@@ -16,16 +16,16 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use std::sync::atomic::Ordering;
 
 use crate::admin::{self, AdminState};
-use crate::config::{AdminSettings, Config, Role, TlsMode};
+use crate::config::{AdminSettings, Config, PeerAuth, Role, TlsMode};
 use crate::connection::Context;
-use crate::listener::AcceptLoop;
+use crate::listener::{AcceptLoop, ConnectionLimit};
 use crate::resolve::Resolver;
 use crate::route::{RouteTable, Routing};
 use crate::watch::{self, FileWatcher};
@@ -78,30 +78,7 @@ pub fn check(config: &Config) -> Result<RouteTable, StartError> {
 struct Bound {
     address: SocketAddr,
     stop: CancellationToken,
-    permits: Arc<Semaphore>,
-    max_connections: usize,
-}
-
-impl Bound {
-    /// Applies a reloaded limit without disturbing connections that hold permits.
-    fn resize(&mut self, max_connections: usize) {
-        if max_connections > self.max_connections {
-            self.permits.add_permits(max_connections - self.max_connections);
-        } else {
-            let excess = self.max_connections - max_connections;
-            let forgotten = self.permits.forget_permits(excess);
-            if forgotten < excess {
-                // Busy now: take the rest back as open connections close.
-                let permits = self.permits.clone();
-                tokio::spawn(async move {
-                    if let Ok(p) = permits.acquire_many_owned((excess - forgotten) as u32).await {
-                        p.forget();
-                    }
-                });
-            }
-        }
-        self.max_connections = max_connections;
-    }
+    limit: Arc<ConnectionLimit>,
 }
 
 /// The running process: what a reload changes and what shutdown stops.
@@ -217,6 +194,9 @@ impl Gateway {
         let result = match Config::load(&self.config_path, self.role) {
             Ok(config) => {
                 let inputs = watch::fingerprint(&config.watched_files());
+                // Watch what the new config names even if it does not load yet: a Secret
+                // it points to may still be on its way, and its arrival must retry.
+                self.watcher.watch_files(&config.watched_files());
                 match RouteTable::build(&config) {
                     Ok(table) => {
                         warn_about_insecure_settings(&config, self.role);
@@ -266,10 +246,8 @@ impl Gateway {
         self.log_credentials(&table);
         let names: Vec<(String, SocketAddr)> = table.listeners.iter().map(|p| (p.name.clone(), p.address)).collect();
         for plan in &table.listeners {
-            if let Some(bound) = self.listeners.get_mut(&plan.name) {
-                if bound.address == plan.address && bound.max_connections != plan.max_connections {
-                    bound.resize(plan.max_connections);
-                }
+            if let Some(bound) = self.listeners.get(&plan.name) {
+                bound.limit.set(plan.max_connections);
             }
         }
         self.context.table.store(Arc::new(table));
@@ -288,19 +266,19 @@ impl Gateway {
             };
             tracing::info!(listener = %plan.name, address = %socket.local_addr().unwrap_or(plan.address), %kind, "listening");
             let stop = self.shutdown.child_token();
-            let permits = Arc::new(Semaphore::new(plan.max_connections));
+            let limit = Arc::new(ConnectionLimit::new(plan.max_connections));
             tokio::spawn(
                 AcceptLoop {
                     socket,
                     name: Arc::from(plan.name.as_str()),
                     context: self.context.clone(),
-                    permits: permits.clone(),
+                    limit: limit.clone(),
                     stop: stop.clone(),
                     tracker: self.tracker.clone(),
                 }
                 .run(),
             );
-            let bound = Bound { address: plan.address, stop, permits, max_connections: plan.max_connections };
+            let bound = Bound { address: plan.address, stop, limit };
             self.listeners.insert(plan.name.clone(), bound);
         }
         self.watched_files = config.watched_files();
@@ -403,6 +381,9 @@ fn warn_about_insecure_settings(config: &Config, role: Role) {
     for listener in config.listeners.iter().map(|l| l.get_ref()) {
         if listener.tls.as_ref().and_then(|t| t.mode) == Some(TlsMode::Simple) {
             tracing::warn!(listener = %listener.name, "tls.mode = \"simple\": clients are not authenticated on this listener");
+        }
+        if listener.tls.is_some() && listener.peer_auth != PeerAuth::Strict {
+            tracing::warn!(listener = %listener.name, peer_auth = ?listener.peer_auth, "INSECURE: this TLS listener also accepts plaintext clients (they take default_route)");
         }
     }
 }

@@ -1,10 +1,10 @@
 //! The accept loop of one listener, with its connection limit.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,8 +22,8 @@ pub struct AcceptLoop {
     pub name: Arc<str>,
     /// Shared connection state.
     pub context: Arc<Context>,
-    /// One permit per open connection; none left means new connections are closed.
-    pub permits: Arc<Semaphore>,
+    /// Open connections against `max_connections`.
+    pub limit: Arc<ConnectionLimit>,
     /// Stops this loop (and every loop on shutdown).
     pub stop: CancellationToken,
     /// Where connection tasks go, so shutdown can wait for them.
@@ -50,7 +50,7 @@ impl AcceptLoop {
                     continue;
                 }
             };
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let Some(permit) = self.limit.try_acquire() else {
                 drop(tcp);
                 shed += 1;
                 crate::metrics::get().connection_shed(&self.name);
@@ -68,5 +68,61 @@ impl AcceptLoop {
                 drop(permit);
             });
         }
+    }
+}
+
+/// A listener's open connections against its `max_connections`. A reload changes the
+/// limit in place: connections already open stay, and new ones count against the new
+/// value.
+pub struct ConnectionLimit {
+    open: AtomicUsize,
+    limit: AtomicUsize,
+}
+
+impl ConnectionLimit {
+    /// A limit of `max` open connections.
+    pub fn new(max: usize) -> ConnectionLimit {
+        ConnectionLimit { open: AtomicUsize::new(0), limit: AtomicUsize::new(max) }
+    }
+
+    /// Changes the limit (on reload).
+    pub fn set(&self, max: usize) {
+        self.limit.store(max, Ordering::Relaxed);
+    }
+
+    /// Counts one more open connection, unless the limit is reached.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<OpenConnection> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < limit).then_some(open + 1))
+            .ok()
+            .map(|_| OpenConnection(self.clone()))
+    }
+}
+
+/// One open connection; dropping it frees its place.
+pub struct OpenConnection(Arc<ConnectionLimit>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_holds_and_follows_a_reload() {
+        let limit = Arc::new(ConnectionLimit::new(2));
+        let a = limit.try_acquire().unwrap();
+        let _b = limit.try_acquire().unwrap();
+        assert!(limit.try_acquire().is_none());
+        limit.set(1);
+        drop(a);
+        assert!(limit.try_acquire().is_none(), "two were open, one closed: still at the new limit of 1");
+        limit.set(3);
+        assert!(limit.try_acquire().is_some());
     }
 }

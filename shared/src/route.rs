@@ -122,6 +122,9 @@ pub struct ListenerPlan {
     pub address: SocketAddr,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Longest wait for the client's TLS handshake or, for database routes, the whole
+    /// protocol negotiation.
+    pub handshake_timeout: Duration,
     /// How it picks routes.
     pub routing: Routing,
 }
@@ -159,6 +162,7 @@ impl RouteTable {
                 name: listener.name.clone(),
                 address: listener.address.expect("validated: every listener has an address"),
                 max_connections: listener.max_connections,
+                handshake_timeout: listener.handshake_timeout,
                 routing,
             }));
         }
@@ -273,7 +277,9 @@ fn build_tls_routing(
                 let field = format!("route[{j}] ({}).downstream_tls", rc.name);
                 let at = |e| config.locate(r.span(), field.clone(), e);
                 let key = loaded.key(path(&p.cert), path(&p.key)).map_err(|e| at(e.to_string()))?;
-                let ca = p.ca.as_deref().or(listener_paths.ca.as_deref());
+                // Only an explicit `ca` replaces the listener's client CA: a Secret's
+                // ca.crt names the issuer of the *server* certificate (cert-manager).
+                let ca = own.ca.as_deref().or(listener_paths.ca.as_deref());
                 let crl = own.ca_crl.as_deref().or(tls.ca_crl.as_deref());
                 tls::server_config(tls, key, ca, crl).map_err(|e| at(e.to_string()))?
             }

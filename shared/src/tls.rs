@@ -138,9 +138,6 @@ pub fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     if certs.is_empty() {
         return Err(file_error(file, "holds no PEM certificate (expected -----BEGIN CERTIFICATE-----): point it at a certificate or CA bundle in PEM"));
     }
-    for cert in &certs {
-        check_validity(file, cert)?;
-    }
     Ok(certs)
 }
 
@@ -170,13 +167,26 @@ pub fn load_key(file: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// A trust store from a CA bundle; every certificate in it (root or intermediate)
-/// becomes a trust anchor, as in Istio's `ca.crt`.
+/// becomes a trust anchor, as in Istio's `ca.crt`. An expired CA is skipped with a
+/// warning, not refused: bundles keep an old CA for a while after a CA roll, and
+/// providers ship expired cross-signs; only a bundle with no usable CA is an error.
 pub fn load_roots(file: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
+    let mut expired = Vec::new();
     for cert in load_certs(file)? {
+        if let Err(e) = check_validity(file, &cert) {
+            expired.push(e.to_string());
+            continue;
+        }
         roots
             .add(cert)
             .map_err(|e| file_error(file, format!("not usable as a trust anchor: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(file_error(file, format!("holds no CA that is valid now ({})", expired.join("; "))));
+    }
+    for reason in expired {
+        tracing::warn!(%reason, "CA skipped: not valid now");
     }
     Ok(Arc::new(roots))
 }
@@ -184,6 +194,9 @@ pub fn load_roots(file: &Path) -> Result<Arc<RootCertStore>, TlsError> {
 /// A certificate chain with its key, checked to belong together.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let chain = load_certs(cert)?;
+    for c in &chain {
+        check_validity(cert, c)?;
+    }
     let key_der = load_key(key)?;
     let certified = CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| {
         file_error(key, format!("does not belong to the certificate in {}: {e}: take both from the same Secret (an update half done?)", cert.display()))

@@ -42,7 +42,13 @@ pub async fn connect(route: &Route, resolver: &Resolver) -> Result<(Stream, Sock
 /// accepts within the connect timeout. Database routes negotiate TLS inside their
 /// protocol before calling [`originate`].
 pub async fn connect_tcp(route: &Route, resolver: &Resolver) -> Result<(TcpStream, SocketAddr), UpstreamError> {
-    let addrs = resolver.lookup(&route.host, route.port).await?;
+    let addrs = match timeout(route.connect_timeout, resolver.lookup(&route.host, route.port)).await {
+        Ok(answer) => answer?,
+        Err(_) => {
+            let reason = format!("no answer within connect_timeout ({:?})", route.connect_timeout);
+            return Err(ResolveError::Lookup { host: route.host.clone(), reason }.into());
+        }
+    };
     let first = route.first_address(addrs.len());
     let mut failures = Vec::new();
     for addr in addrs.iter().cycle().skip(first).take(addrs.len()) {

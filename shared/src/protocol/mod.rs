@@ -92,8 +92,7 @@ fn authorize(route: &Route, log: &AccessLog) -> Result<(), Outcome> {
     if route.allow.allows(log.identity.as_ref()) {
         return Ok(());
     }
-    let who = log.identity.as_ref().map_or_else(|| "a client without a certificate".to_owned(), |id| format!("identity {id}"));
-    Err(Outcome::Denied(format!("{who} is not on route {:?}'s allow list", route.name)))
+    Err(crate::connection::denied(route, log))
 }
 
 /// Reads exactly `n` bytes (for length-prefixed messages read without over-reading).
@@ -125,7 +124,10 @@ async fn originate(route: &Route, tcp: TcpStream, addr: std::net::SocketAddr, lo
 
 /// Shared by the two protocols: connects TCP to the route's upstream.
 async fn connect(route: &Route, resolver: &Resolver, log: &mut AccessLog) -> Result<(TcpStream, std::net::SocketAddr), Outcome> {
-    let (tcp, addr) = crate::upstream::connect_tcp(route, resolver).await.map_err(|e| upstream_failed(e.to_string()))?;
+    let (tcp, addr) = crate::upstream::connect_tcp(route, resolver).await.map_err(|e| {
+        crate::metrics::get().upstream_failed(&route.name, matches!(e, crate::upstream::UpstreamError::Resolve(_)));
+        upstream_failed(e.to_string())
+    })?;
     log.upstream = Some(addr);
     Ok((tcp, addr))
 }

@@ -175,9 +175,14 @@ pub fn is_ssl_request(payload: &[u8], caps: u32) -> bool {
     caps & CLIENT_SSL != 0 && payload.len() == SSL_REQUEST_LEN
 }
 
-/// A copy of a handshake response (or SSL request) with CLIENT_SSL set or cleared.
+/// A copy of a handshake response (or SSL request) with CLIENT_SSL set or cleared;
+/// callers have checked it with [`client_capabilities`] (a shorter payload is returned
+/// unchanged).
 pub fn with_ssl_flag(payload: &[u8], on: bool) -> Vec<u8> {
     let mut out = payload.to_vec();
+    if out.len() < 4 {
+        return out;
+    }
     let mut caps = u32::from_le_bytes([out[0], out[1], out[2], out[3]]);
     if on {
         caps |= CLIENT_SSL;
@@ -282,6 +287,9 @@ pub async fn negotiate(route: &Route, downstream: Stream, resolver: &Resolver, l
         let Either::Left(tcp) = client.stream else { unreachable!("TLS is only offered to plain clients") };
         let mut client = PacketStream::new(accept_client_tls(route, tcp, log).await?);
         let response = client.read("client").await.map_err(client_error)?;
+        if let Err(e) = client_capabilities(&response.payload) {
+            return Err(refuse(&mut client, response.seq.wrapping_add(1), ER_HANDSHAKE_ERROR, client_error(e)).await);
+        }
         (client, response)
     } else {
         if client_mode == SslMode::Required {
