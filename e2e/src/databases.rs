@@ -5,7 +5,7 @@
 //! loopback gateway), and small fake servers for hostile-peer tests.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use strait::certs::{Authority, KeyType, Leaf, Usage};
 
-use crate::{free_port, require, wait_for_port, Pki, Proc, TempDir};
+use crate::{free_port, require, serve_each, start_mariadbd, Pki, Proc, TempDir};
 
 /// What a real client did: exit status, its output, and how long it ran.
 #[derive(Debug)]
@@ -154,32 +154,14 @@ impl TlsMariaDb {
     /// Starts MariaDB with the certificate in Secret `server` and `client_ca` to verify
     /// client certificates. No users beyond root (unix socket) exist yet.
     pub fn start(server: &Path, client_ca: &Path) -> TlsMariaDb {
-        require("mariadbd");
-        require("mariadb-install-db");
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let install = Command::new("mariadb-install-db")
-            .args(["--no-defaults", "--auth-root-authentication-method=socket", "--skip-test-db", "--user=root"])
-            .arg(format!("--datadir={}", data.display()))
-            .output()
-            .unwrap();
-        assert!(install.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&install.stderr));
-        let port = free_port();
-        let socket = dir.path().join("mysqld.sock");
-        let mut command = Command::new("mariadbd");
-        command
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", socket.display()))
-            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-            .arg(format!("--port={port}"))
-            .args(["--bind-address=127.0.0.1", "--user=root", "--skip-log-bin", "--skip-name-resolve", "--innodb-buffer-pool-size=16M"])
-            .arg(format!("--ssl-cert={}", server.join("tls.crt").display()))
-            .arg(format!("--ssl-key={}", server.join("tls.key").display()))
-            .arg(format!("--ssl-ca={}", client_ca.display()))
-            .arg("--require-secure-transport=ON");
-        let proc = Proc::spawn(command, dir.path().join("mariadbd.log"));
-        wait_for_port(port, Duration::from_secs(30));
+        let tls = [
+            format!("--ssl-cert={}", server.join("tls.crt").display()),
+            format!("--ssl-key={}", server.join("tls.key").display()),
+            format!("--ssl-ca={}", client_ca.display()),
+            "--require-secure-transport=ON".to_owned(),
+        ];
+        let (port, socket, proc) = start_mariadbd(dir.path(), &tls);
         let db = TlsMariaDb { port, socket, proc, _dir: dir };
         let ssl = db.root_sql("SELECT @@have_ssl");
         assert_eq!(ssl.trim(), "YES", "MariaDB did not enable TLS:\n{}", db.proc.output());
@@ -369,15 +351,9 @@ pub struct FakeServer {
 impl FakeServer {
     /// Starts accepting; `script` plays the server's side of one connection.
     pub fn start(script: fn(TcpStream)) -> FakeServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-                    script(stream)
-                });
-            }
+        let port = serve_each(move |stream| {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+            script(stream)
         });
         FakeServer { port }
     }
@@ -417,6 +393,33 @@ pub fn read_mysql_packet(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut packet = header.to_vec();
     packet.extend(payload);
     Ok(packet)
+}
+
+/// The server version in a MySQL protocol greeting (3-byte length, sequence id,
+/// protocol version 10, NUL-terminated version string) at the start of `bytes`, once
+/// the whole packet is there; `None` while part of it is still missing.
+pub fn mysql_greeting_version(bytes: &[u8]) -> Option<String> {
+    let header = bytes.get(..4)?;
+    let length = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+    let payload = bytes.get(4..4 + length)?;
+    assert_eq!(payload[0], 0x0a, "protocol version 10 opens a MariaDB greeting: {bytes:02x?}");
+    let end = payload[1..].iter().position(|&b| b == 0).expect("the version string is NUL-terminated");
+    Some(String::from_utf8_lossy(&payload[1..1 + end]).into_owned())
+}
+
+/// Reads the first MySQL protocol packet from `stream` and returns the server version
+/// in it (see [`mysql_greeting_version`]); the stream's read timeout bounds the wait.
+pub fn read_mysql_greeting(stream: &mut impl Read) -> String {
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(version) = mysql_greeting_version(&bytes) {
+            return version;
+        }
+        let n = stream.read(&mut chunk).unwrap_or_else(|e| panic!("reading the greeting: {e}; got {bytes:02x?}"));
+        assert!(n > 0, "the stream ended before a whole greeting: {bytes:02x?}");
+        bytes.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// Connects to `127.0.0.1:port` and sends `bytes` in one write.

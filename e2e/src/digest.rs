@@ -5,9 +5,11 @@
 //! it, and a correct reply proves every byte arrived intact and in order.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener};
+use std::net::Shutdown;
 
 use sha2::{Digest, Sha256};
+
+use crate::serve_each;
 
 /// What [`DigestServer`] answers for `data`: 32 bytes of SHA-256, then the length as a
 /// big-endian u64.
@@ -26,32 +28,25 @@ pub struct DigestServer {
 impl DigestServer {
     /// Starts it; it lives until the test process ends.
     pub fn start() -> DigestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let mut stream = stream;
-                    let mut hasher = Sha256::new();
-                    let mut length = 0u64;
-                    let mut buffer = vec![0u8; 64 * 1024];
-                    loop {
-                        match stream.read(&mut buffer) {
-                            Ok(0) => break,
-                            Ok(n) => {
-                                hasher.update(&buffer[..n]);
-                                length += n as u64;
-                            }
-                            // No EOF, no answer: the client sees the connection die.
-                            Err(_) => return,
-                        }
+        let port = serve_each(|mut stream| {
+            let mut hasher = Sha256::new();
+            let mut length = 0u64;
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                match stream.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        hasher.update(&buffer[..n]);
+                        length += n as u64;
                     }
-                    let mut reply = hasher.finalize().to_vec();
-                    reply.extend_from_slice(&length.to_be_bytes());
-                    let _ = stream.write_all(&reply);
-                    let _ = stream.shutdown(Shutdown::Write);
-                });
+                    // No EOF, no answer: the client sees the connection die.
+                    Err(_) => return,
+                }
             }
+            let mut reply = hasher.finalize().to_vec();
+            reply.extend_from_slice(&length.to_be_bytes());
+            let _ = stream.write_all(&reply);
+            let _ = stream.shutdown(Shutdown::Write);
         });
         DigestServer { port }
     }

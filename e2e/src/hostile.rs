@@ -3,6 +3,7 @@
 //! the gateway trusts), clients that present whatever they are given, raw bytes on a TLS
 //! port, `openssl s_client`, and the gateway's own metrics.
 
+use std::ffi::OsStr;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -109,16 +110,19 @@ pub fn refused(port: u16, sni: &str, config: Arc<rustls::ClientConfig>) -> Strin
     }
 }
 
-/// Sends `message` over plain TCP to `127.0.0.1:port`, half-closes, and returns what
-/// came back before the gateway closed (for permissive ports and egress plain ports).
-pub fn plain_exchange(port: u16, message: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(message)?;
-    stream.shutdown(std::net::Shutdown::Write)?;
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply)?;
-    Ok(reply)
+/// Whether a TLS connection attempt (a [`tls_connect`] result) ended refused: the
+/// handshake failed, or (TLS 1.3, the client certificate rejected after the client
+/// finished) nothing but an error or EOF comes back to a write. Unlike [`refused`] it
+/// only answers, for a test that asserts with its own message.
+pub fn tls_refused<S: Read + Write>(attempt: std::io::Result<S>) -> bool {
+    match attempt {
+        Err(_) => true,
+        Ok(mut stream) => {
+            let _ = stream.write_all(b"ping");
+            let mut buf = [0u8; 16];
+            !matches!(stream.read(&mut buf), Ok(n) if n > 0)
+        }
+    }
 }
 
 /// How the gateway ended a raw connection.
@@ -128,6 +132,21 @@ pub struct Closed {
     pub received: Vec<u8>,
     /// Time from the call until EOF or reset.
     pub after: Duration,
+}
+
+/// Connects to `127.0.0.1:port`, writes `bytes` from a thread (the gateway may stop
+/// reading and reset the connection long before they are all through) and waits, at
+/// most `limit`, for the gateway to close the connection.
+pub fn send_and_expect_close(port: u16, bytes: Vec<u8>, limit: Duration) -> Closed {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        let _ = writer.write_all(&bytes);
+    });
+    let closed = closed_by_gateway(&mut stream, limit);
+    drop(stream);
+    sending.join().unwrap();
+    closed
 }
 
 /// Reads `stream` until the gateway closes it (EOF or reset); panics if it is still
@@ -236,7 +255,7 @@ pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
 
 /// Runs `openssl s_client -connect 127.0.0.1:port ARGS` to completion (at most 20 s)
 /// with no input, so it handshakes and waits for the server; returns (success, output).
-pub fn s_client(dir: &Path, name: &str, port: u16, args: &[&str]) -> (bool, String) {
+pub fn s_client(dir: &Path, name: &str, port: u16, args: &[impl AsRef<OsStr>]) -> (bool, String) {
     require("openssl");
     let mut command = Command::new("openssl");
     command.args(["s_client", "-connect", &format!("127.0.0.1:{port}")]).args(args);
@@ -254,6 +273,16 @@ pub fn s_client(dir: &Path, name: &str, port: u16, args: &[&str]) -> (bool, Stri
 /// `-cert` and `-key` arguments of `openssl s_client` for Secret `dir`.
 pub fn cert_args(dir: &Path) -> Vec<String> {
     vec!["-cert".into(), dir.join("tls.crt").display().to_string(), "-key".into(), dir.join("tls.key").display().to_string()]
+}
+
+/// `openssl s_client` arguments of a client that verifies the server and presents a
+/// certificate: `flags` (`-quiet`, `-tls1_2`, ...), SNI `sni`, `-CAfile ca`, and the
+/// certificate and key of Secret `secret`.
+pub fn s_client_args(flags: &[&str], sni: &str, ca: &Path, secret: &Path) -> Vec<String> {
+    let mut args: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+    args.extend(["-servername".into(), sni.into(), "-CAfile".into(), ca.display().to_string()]);
+    args.extend(cert_args(secret));
+    args
 }
 
 /// The value of metric `name` whose labels include every `labels` pair, from the

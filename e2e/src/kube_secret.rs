@@ -21,7 +21,6 @@
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls_pki_types::CertificateDer;
@@ -181,11 +180,6 @@ pub fn serial(dir: &Path) -> String {
     strait::tls::CredentialInfo::of(&cert, &key).serial
 }
 
-/// Log lines of `gateway` containing `needle`, from the start.
-pub fn log_lines(gateway: &Gateway, needle: &str) -> Vec<String> {
-    gateway.proc.output().lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
-}
-
 /// Follows a gateway's log from a point on, reading only what is new (a busy gateway's
 /// access log grows fast; re-reading it whole every few milliseconds would load the
 /// machine the test measures).
@@ -254,20 +248,6 @@ impl LogTail {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-}
-
-/// The process id of a running gateway, found by its (unique) config path.
-pub fn pid(gateway: &Gateway) -> u32 {
-    let out = Command::new("pgrep").arg("-f").arg(gateway.config.as_os_str()).output().unwrap();
-    let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect();
-    assert_eq!(pids.len(), 1, "expected one process running {}: {pids:?}", gateway.config.display());
-    pids[0]
-}
-
-/// Sends `signal` (`"HUP"`, `"TERM"`) to the gateway with `kill`.
-pub fn signal(gateway: &Gateway, signal: &str) {
-    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid(gateway).to_string()).status().unwrap();
-    assert!(status.success(), "kill -{signal} failed");
 }
 
 #[cfg(test)]

@@ -4,10 +4,10 @@
 //! drops. A missing server binary is a test failure with the install command in the
 //! message, never a skip.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,6 +122,13 @@ impl Pki {
         leaf.dns.push(host.into());
         self.foreign(name, &leaf)
     }
+
+    /// A rustls client as the egress is on the cross-cluster hop: it presents the
+    /// reference client certificate (`egress`) and trusts the ingress's CA. The good
+    /// client a refusal test proves is still served afterwards.
+    pub fn egress_client(&self) -> Arc<rustls::ClientConfig> {
+        client_config(Some(&self.path("egress")), &self.path("ingress/ca.crt"))
+    }
 }
 
 fn binary(name: &str) -> PathBuf {
@@ -191,6 +198,13 @@ impl Gateway {
         Gateway { proc, config: config_path, admin_port }
     }
 
+    /// The reference ingress ([`ingress_config`]) on a free loopback port, in front of
+    /// `127.0.0.1:backend_port`; returns it and its mutual-TLS port.
+    pub fn reference_ingress(pki: &Pki, backend_port: u16) -> (Gateway, u16) {
+        let port = free_port();
+        (Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config(pki, port, backend_port)), port)
+    }
+
     /// The process id, for signals.
     pub fn pid(&self) -> u32 {
         self.proc.pid()
@@ -217,11 +231,36 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Its log lines (access log or not) containing `needle`, from the start: which
+    /// certificate it loaded, whether a reload was refused.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.proc.output().lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
+    }
+
+    /// Sends `signal` (`"HUP"`, `"TERM"`) with `kill`, as an operator or the kubelet does.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid();
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Waits for the process to exit by itself (after a SIGTERM, say); panics with its
+    /// log if it is still running after `limit`.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.proc.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running {limit:?} later:\n{}", self.proc.output());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// A minimal HTTP/1.1 request to 127.0.0.1:port (the admin port needs no more).
 pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
-    use std::io::Write;
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(stream, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
@@ -250,28 +289,8 @@ pub struct MariaDb {
 impl MariaDb {
     /// Initialises a data directory and starts `mariadbd` on it.
     pub fn start() -> MariaDb {
-        require("mariadbd");
-        require("mariadb-install-db");
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let install = Command::new("mariadb-install-db")
-            .args(["--no-defaults", "--auth-root-authentication-method=socket", "--skip-test-db", "--user=root"])
-            .arg(format!("--datadir={}", data.display()))
-            .output()
-            .unwrap();
-        assert!(install.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&install.stderr));
-        let port = free_port();
-        let socket = dir.path().join("mysqld.sock");
-        let mut command = Command::new("mariadbd");
-        command
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", socket.display()))
-            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-            .arg(format!("--port={port}"))
-            .args(["--bind-address=127.0.0.1", "--user=root", "--skip-log-bin", "--skip-name-resolve", "--innodb-buffer-pool-size=16M"]);
-        let proc = Proc::spawn(command, dir.path().join("mariadbd.log"));
-        wait_for_port(port, Duration::from_secs(30));
+        let (port, socket, proc) = start_mariadbd(dir.path(), &[]);
         let db = MariaDb { port, socket, _proc: proc, _dir: dir };
         db.root_sql("CREATE USER app@'%' IDENTIFIED BY 'app'; GRANT ALL ON *.* TO app@'%';");
         db
@@ -287,6 +306,36 @@ impl MariaDb {
         assert!(out.status.success(), "root SQL {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// Initialises a MariaDB data directory in `dir` and starts `mariadbd` on it, on a free
+/// loopback port and the unix socket `dir/mysqld.sock`, with `extra` arguments (TLS
+/// settings, say); returns (port, socket, process) once the port accepts. [`MariaDb`]
+/// and [`databases::TlsMariaDb`] differ only in `extra`.
+pub(crate) fn start_mariadbd(dir: &Path, extra: &[String]) -> (u16, PathBuf, Proc) {
+    require("mariadbd");
+    require("mariadb-install-db");
+    let data = dir.join("data");
+    let install = Command::new("mariadb-install-db")
+        .args(["--no-defaults", "--auth-root-authentication-method=socket", "--skip-test-db", "--user=root"])
+        .arg(format!("--datadir={}", data.display()))
+        .output()
+        .unwrap();
+    assert!(install.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&install.stderr));
+    let port = free_port();
+    let socket = dir.join("mysqld.sock");
+    let mut command = Command::new("mariadbd");
+    command
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--socket={}", socket.display()))
+        .arg(format!("--pid-file={}", dir.join("pid").display()))
+        .arg(format!("--port={port}"))
+        .args(["--bind-address=127.0.0.1", "--user=root", "--skip-log-bin", "--skip-name-resolve", "--innodb-buffer-pool-size=16M"])
+        .args(extra);
+    let proc = Proc::spawn(command, dir.join("mariadbd.log"));
+    wait_for_port(port, Duration::from_secs(30));
+    (port, socket, proc)
 }
 
 /// Runs SQL with the real `mariadb` client over plain TCP (no TLS: the gateway pair
@@ -319,20 +368,30 @@ pub struct EchoServer {
 impl EchoServer {
     /// Starts it; it lives until the test process ends.
     pub fn start() -> EchoServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let mut reader = stream.try_clone().unwrap();
-                    let mut writer = stream;
-                    let _ = std::io::copy(&mut reader, &mut writer);
-                    let _ = writer.shutdown(std::net::Shutdown::Write);
-                });
-            }
+        let port = serve_each(|stream| {
+            let mut reader = stream.try_clone().unwrap();
+            let mut writer = stream;
+            let _ = std::io::copy(&mut reader, &mut writer);
+            let _ = writer.shutdown(std::net::Shutdown::Write);
         });
         EchoServer { port }
     }
+}
+
+/// Accepts on a fresh loopback port and hands every connection to `handle` on a thread
+/// of its own; returns the port. The loop every in-process test server (echo, digest,
+/// fake database, OTLP receiver) runs; it lives until the test process ends.
+pub fn serve_each(handle: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = Arc::new(handle);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let handle = handle.clone();
+            std::thread::spawn(move || handle(stream));
+        }
+    });
+    port
 }
 
 /// Reads all of `stream` into a string (for small replies).
@@ -345,6 +404,55 @@ pub fn read_all(mut stream: impl Read) -> String {
 /// Reads lines from a child's output until one contains `needle` (for s_client).
 pub fn first_line_with(reader: impl Read, needle: &str) -> Option<String> {
     BufReader::new(reader).lines().map_while(Result::ok).find(|l| l.contains(needle))
+}
+
+/// A plain TCP connection to `127.0.0.1:port` whose reads give up after 10 s: for a
+/// test that holds a connection open across a reload or a drain.
+pub fn open_connection(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+}
+
+/// Writes `line` on an open connection to an echo backend and asserts the same bytes
+/// come back: the connection still carries data both ways.
+pub fn echo_line(stream: &mut TcpStream, line: &[u8]) {
+    stream.write_all(line).unwrap();
+    let mut echoed = vec![0u8; line.len()];
+    stream.read_exact(&mut echoed).unwrap();
+    assert_eq!(echoed, line);
+}
+
+/// Whether new connections to `127.0.0.1:port` are refused, waiting up to 2 s for a
+/// listener that was just told to stop (by a reload or a SIGTERM) to close its socket.
+pub fn refuses(port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return true,
+            _ if Instant::now() > deadline => return false,
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Sends `message` over plain TCP to `127.0.0.1:port`, half-closes, and returns all that
+/// came back before the far end closed; every read and write gives up after `limit`.
+pub fn exchange_within(port: u16, message: &[u8], limit: Duration) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(limit))?;
+    stream.set_write_timeout(Some(limit))?;
+    stream.write_all(message)?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply)?;
+    Ok(reply)
+}
+
+/// [`exchange_within`] 10 s: one plaintext client of an egress plain port or a
+/// permissive port, through to an echo backend and back.
+pub fn plain_exchange(port: u16, message: &[u8]) -> std::io::Result<Vec<u8>> {
+    exchange_within(port, message, Duration::from_secs(10))
 }
 
 /// A rustls client config presenting the Secret at `secret` and trusting `ca`.
@@ -402,6 +510,12 @@ pub struct Pair {
 /// Ingress config: one mutual-TLS listener on `port` routing [`SERVICE_HOST`] to
 /// `127.0.0.1:backend_port`.
 pub fn ingress_config(pki: &Pki, port: u16, backend_port: u16) -> String {
+    ingress_config_with(&pki.path("ingress"), port, backend_port)
+}
+
+/// [`ingress_config`] with the listener's credential in Secret directory `secret`: for
+/// a test that rotates or breaks the ingress's credential.
+pub fn ingress_config_with(secret: &Path, port: u16, backend_port: u16) -> String {
     format!(
         r#"
 [[listener]]
@@ -414,7 +528,22 @@ name = "mysql"
 hosts = ["{SERVICE_HOST}"]
 upstream = "127.0.0.1:{backend_port}"
 "#,
-        secret = pki.path("ingress").display()
+        secret = secret.display()
+    )
+}
+
+/// A `[[listener]]` table: plaintext on `127.0.0.1:port`, every connection to route
+/// `route` (an egress plain port, like the app's `egress:3306`).
+pub fn plain_listener(name: &str, port: u16, route: &str) -> String {
+    format!("\n[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\nroute = \"{route}\"\n")
+}
+
+/// A `[[route]]` table `name` that originates mutual TLS to `upstream`, presenting the
+/// Secret `secret`, trusting its `ca.crt` and sending SNI `sni`.
+pub fn origination_route(name: &str, upstream: &str, secret: &Path, sni: &str) -> String {
+    format!(
+        "\n[[route]]\nname = \"{name}\"\nupstream = \"{upstream}\"\nupstream_tls = {{ mode = \"mutual\", dir = \"{}\", sni = \"{sni}\" }}\n",
+        secret.display()
     )
 }
 
@@ -449,8 +578,8 @@ upstream_tls = {{ mode = "mutual", dir = "{client}", sni = "{SERVICE_HOST}" }}
 impl Pair {
     /// Starts ingress then egress in front of `backend_port`.
     pub fn start(pki: &Pki, backend_port: u16) -> Pair {
-        let (plain_port, mesh_port, ingress_port) = (free_port(), free_port(), free_port());
-        let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config(pki, ingress_port, backend_port));
+        let (ingress, ingress_port) = Gateway::reference_ingress(pki, backend_port);
+        let (plain_port, mesh_port) = (free_port(), free_port());
         let upstream = format!("127.0.0.1:{ingress_port}");
         let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(pki, plain_port, mesh_port, &upstream, ""));
         Pair { egress, ingress, plain_port, mesh_port, ingress_port }

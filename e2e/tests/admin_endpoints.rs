@@ -2,12 +2,11 @@
 //! traffic and after refusals, the config dump (credentials, never keys), the log level
 //! changed at run time, and readiness dropping to 503 while a SIGTERM drain runs.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
-use std::process::{Command, ExitStatus};
+use std::net::Shutdown;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use strait_e2e::hostile::{metric, wait_for_metric};
+use strait_e2e::hostile::{metric, tls_refused, wait_for_metric};
 use strait_e2e::*;
 
 #[test]
@@ -188,79 +187,47 @@ fn log_level_changes_at_run_time_without_a_restart() {
 fn ready_answers_503_while_draining_after_sigterm() {
     let pki = Pki::reference();
     let echo = EchoServer::start();
-    let (plain_port, mesh_port, ingress_port) = (free_port(), free_port(), free_port());
-    let _ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config(&pki, ingress_port, echo.port));
+    let (_ingress, ingress_port) = Gateway::reference_ingress(&pki, echo.port);
+    let (plain_port, mesh_port) = (free_port(), free_port());
     let drain = "\n[process]\ndrain_timeout = \"60s\"\n";
     let upstream = format!("127.0.0.1:{ingress_port}");
     let mut egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(&pki, plain_port, mesh_port, &upstream, drain));
     assert_eq!(egress.admin("GET", "/healthz/ready").0, 200);
 
-    let mut open = TcpStream::connect(("127.0.0.1", plain_port)).unwrap();
-    open.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    round_trip(&mut open, b"held open\n");
+    let mut open = open_connection(plain_port);
+    echo_line(&mut open, b"held open\n");
 
-    kill(&egress, "TERM");
+    egress.signal("TERM");
     wait_for_log(&egress, "shutting down", Duration::from_secs(10));
     let (status, body) = egress.admin("GET", "/healthz/ready");
     assert_eq!((status, body.as_str()), (503, "not ready\n"), "ready while draining:\n{}", egress.proc.output());
     assert_eq!(egress.admin("GET", "/healthz/live").0, 200, "still live while draining");
-    round_trip(&mut open, b"still served while draining\n");
+    echo_line(&mut open, b"still served while draining\n");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(egress.admin("GET", "/healthz/ready").0, 503, "stays not ready for the whole drain");
     assert!(egress.proc.try_wait().is_none(), "exited with a connection open and 60 s of drain left");
 
     open.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_all(&mut open), "");
-    let status = wait_for_exit(&mut egress, Duration::from_secs(10));
+    let status = egress.wait_for_exit(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}:\n{}", egress.proc.output());
 }
 
 /// Connects with `config` and sees the connection refused (at the handshake, or on the
 /// first read in TLS 1.3).
 fn refuse(port: u16, config: std::sync::Arc<rustls::ClientConfig>) {
-    if let Ok(mut stream) = tls_connect(port, SERVICE_HOST, config) {
-        let _ = stream.write_all(b"x");
-        let mut buf = [0u8; 1];
-        assert!(!matches!(stream.read(&mut buf), Ok(1)), "the connection should have been refused");
-    }
+    assert!(tls_refused(tls_connect(port, SERVICE_HOST, config)), "the connection should have been refused");
 }
 
 /// One connection to the echo server behind the pair: send, half-close, read it back.
 fn echo_through(port: u16, message: &[u8]) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(message).unwrap();
-    stream.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_all(&mut stream).as_bytes(), message);
-}
-
-fn round_trip(stream: &mut TcpStream, line: &[u8]) {
-    stream.write_all(line).unwrap();
-    let mut echoed = vec![0u8; line.len()];
-    stream.read_exact(&mut echoed).unwrap();
-    assert_eq!(echoed, line);
-}
-
-fn kill(gateway: &Gateway, signal: &str) {
-    let status = Command::new("kill").arg(format!("-{signal}")).arg(gateway.pid().to_string()).status().unwrap();
-    assert!(status.success(), "kill -{signal} {}", gateway.pid());
+    assert_eq!(plain_exchange(port, message).unwrap(), message);
 }
 
 fn wait_for_log(gateway: &Gateway, needle: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
     while !gateway.proc.output().contains(needle) {
         assert!(Instant::now() < deadline, "no {needle:?} in the log after {limit:?}:\n{}", gateway.proc.output());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_for_exit(gateway: &mut Gateway, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = gateway.proc.try_wait() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "still running {limit:?} later:\n{}", gateway.proc.output());
         std::thread::sleep(Duration::from_millis(20));
     }
 }

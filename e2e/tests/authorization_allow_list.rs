@@ -90,17 +90,13 @@ fn only_identities_on_the_allow_list_reach_the_backend() {
     // The same denial seen by openssl s_client: the handshake completes, then the
     // gateway closes without a byte of data.
     let denied_secret = ca.issue("openssl-denied", &leaf("api", Usage::Client, &[], &["spiffe://cluster.local/ns/payments/sa/api"]));
-    let ca_arg = ca.ca_file.display().to_string();
-    let mut args = vec!["-quiet".to_owned(), "-servername".into(), SERVICE_HOST.into(), "-CAfile".into(), ca_arg.clone()];
-    args.extend(cert_args(&denied_secret));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = s_client_args(&["-quiet"], SERVICE_HOST, &ca.ca_file, &denied_secret);
     let (_, out) = s_client(pki.dir.path(), "denied", port, &args);
     assert!(out.contains("verify return:1") && !out.contains("alert"), "the handshake itself must succeed:\n{out}");
     wait_for_lines(&ingress, &["outcome=denied", "identity=spiffe://cluster.local/ns/payments/sa/api "], 2);
     served(port, SERVICE_HOST, spiffe.clone(), "a denied identity (openssl)");
     // ... and an allowed one through openssl, to the backend and back.
-    let mut args = vec!["-quiet".to_owned(), "-no_ign_eof".into(), "-servername".into(), SERVICE_HOST.into(), "-CAfile".into(), ca_arg];
-    args.extend(cert_args(&spiffe_secret));
+    let args = s_client_args(&["-quiet", "-no_ign_eof"], SERVICE_HOST, &ca.ca_file, &spiffe_secret);
     let mut allowed = Interactive::s_client(pki.dir.path(), "allowed", port, &args);
     allowed.send("allowed through openssl\n");
     assert!(allowed.wait_for("allowed through openssl", std::time::Duration::from_secs(10)), "{}", allowed.output());

@@ -158,16 +158,13 @@ fn bad_client_certificates_are_refused_and_good_clients_still_served() {
         },
     ];
 
-    let ca_arg = ca.ca_file.display().to_string();
     let mut counted: std::collections::BTreeMap<&str, f64> = Default::default();
     for case in &cases {
         let how = refused(port, SERVICE_HOST, presenting(&case.secret, &ca.ca_file));
         assert!(how.contains(case.rustls_error), "{} (rustls): {how}", case.name);
         served(port, SERVICE_HOST, good.clone(), &format!("a client certificate: {} (rustls)", case.name));
 
-        let mut args = vec!["-quiet".to_owned(), "-servername".into(), SERVICE_HOST.into(), "-CAfile".into(), ca_arg.clone()];
-        args.extend(cert_args(&case.secret));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args = s_client_args(&["-quiet"], SERVICE_HOST, &ca.ca_file, &case.secret);
         let (ok, out) = s_client(pki.dir.path(), case.name, port, &args);
         assert!(!ok && out.contains(case.openssl_alert), "{} (openssl):\n{out}", case.name);
         served(port, SERVICE_HOST, good.clone(), &format!("a client certificate: {} (openssl)", case.name));
@@ -191,9 +188,7 @@ fn bad_client_certificates_are_refused_and_good_clients_still_served() {
     let how = refused(crl_port, SERVICE_HOST, presenting(&crl_ca.revoked, &ca.ca_file));
     assert!(how.contains("CertificateRevoked"), "revoked (rustls): {how}");
     served(crl_port, SERVICE_HOST, crl_good.clone(), "a revoked client certificate (rustls)");
-    let mut args = vec!["-quiet".to_owned(), "-servername".into(), SERVICE_HOST.into(), "-CAfile".into(), ca_arg];
-    args.extend(cert_args(&crl_ca.revoked));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = s_client_args(&["-quiet"], SERVICE_HOST, &ca.ca_file, &crl_ca.revoked);
     let (ok, out) = s_client(pki.dir.path(), "revoked", crl_port, &args);
     assert!(!ok && out.contains("alert certificate revoked"), "revoked (openssl):\n{out}");
     served(crl_port, SERVICE_HOST, crl_good, "a revoked client certificate (openssl)");

@@ -6,7 +6,6 @@
 //! one at a time (an operator, or a tool writing `tls.crt` before `tls.key`).
 
 use std::io::{Read, Write};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ fn broken_secret_updates_are_refused_and_the_next_good_one_is_taken() {
     let echo = EchoServer::start();
     let mut secret = KubeSecret::copy_of(&pki.path("k8s/ingress-tls"), &pki.path("ingress"));
     let port = free_port();
-    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_toml(port, &secret.dir, echo.port));
+    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config_with(&secret.dir, port, echo.port));
     let (next, client) = next_credential(&pki);
 
     let old_leaf = leaf_der(&secret.path("tls.crt"));
@@ -48,7 +47,7 @@ fn broken_secret_updates_are_refused_and_the_next_good_one_is_taken() {
     //    half-written. The file really lives in the timestamped directory, so SIGHUP is
     //    what makes the ingress look at it.
     secret.overwrite_in_place("tls.crt", &next.chain_pem[..next.chain_pem.len() / 2]);
-    signal(&ingress, "HUP");
+    ingress.signal("HUP");
     let (line, _) = tail.wait_for(&ingress, "trigger=\"SIGHUP\"", RELOAD_LIMIT);
     assert!(line.contains(REFUSED) && line.contains(&secret.path("tls.crt").display().to_string()), "{line}");
     assert_eq!(served_leaf(port, client.clone()), old_leaf, "after a half-written file, the old certificate is still served");
@@ -63,8 +62,8 @@ fn broken_secret_updates_are_refused_and_the_next_good_one_is_taken() {
     let new_serial = serial(&secret.dir);
     assert_ne!(new_serial, old_serial);
     // The log tells which certificate is live: the old serial at start, the new one now.
-    assert!(!log_lines(&ingress, &format!("serial={old_serial}")).is_empty());
-    let loaded = log_lines(&ingress, &format!("serial={new_serial}"));
+    assert!(!ingress.log_lines(&format!("serial={old_serial}")).is_empty());
+    let loaded = ingress.log_lines(&format!("serial={new_serial}"));
     assert!(loaded.len() == 1 && loaded[0].contains("certificate loaded"), "{loaded:#?}");
 }
 
@@ -75,7 +74,7 @@ fn files_overwritten_in_place_are_taken_only_once_consistent() {
     // A plain directory in Secret layout: tls.crt, tls.key, ca.crt are regular files.
     let dir = pki.path("ingress");
     let port = free_port();
-    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_toml(port, &dir, echo.port));
+    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config_with(&dir, port, echo.port));
     let (next, client) = next_credential(&pki);
     let old_leaf = leaf_der(&dir.join("tls.crt"));
     assert_eq!(served_leaf(port, client.clone()), old_leaf);
@@ -98,7 +97,7 @@ fn files_overwritten_in_place_are_taken_only_once_consistent() {
     let (line, _) = tail.wait_for_reload(&ingress, RELOAD_LIMIT);
     assert!(line.contains(RELOADED), "{line}");
     assert_eq!(served_leaf(port, client.clone()), leaf_der(&dir.join("tls.crt")));
-    assert!(log_lines(&ingress, "certificate loaded").iter().any(|l| l.contains(&format!("serial={}", serial(&dir)))));
+    assert!(ingress.log_lines("certificate loaded").iter().any(|l| l.contains(&format!("serial={}", serial(&dir)))));
 }
 
 /// A server certificate for [`SERVICE_HOST`] from a CA the ingress has never seen, and
@@ -132,21 +131,4 @@ fn served_leaf(port: u16, config: Arc<rustls::ClientConfig>) -> CertificateDer<'
     stream.read_exact(&mut echoed).unwrap();
     assert_eq!(&echoed, b"still serving\n");
     leaf
-}
-
-fn ingress_toml(port: u16, dir: &Path, backend: u16) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "mtls"
-address = "127.0.0.1:{port}"
-tls = {{ mode = "mutual", dir = "{dir}" }}
-
-[[route]]
-name = "echo"
-hosts = ["{SERVICE_HOST}"]
-upstream = "127.0.0.1:{backend}"
-"#,
-        dir = dir.display()
-    )
 }

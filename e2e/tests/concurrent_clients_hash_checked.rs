@@ -1,8 +1,6 @@
 //! A hundred clients at once, each pushing a MiB of its own bytes through the pair: every
 //! stream arrives intact and unmixed, checked by the backend's SHA-256 of what it read.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -27,18 +25,6 @@ fn payload(seed: u64) -> Vec<u8> {
     out
 }
 
-/// Sends `data`, half-closes, and returns what came back.
-fn exchange(port: u16, data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(LIMIT))?;
-    stream.set_write_timeout(Some(LIMIT))?;
-    stream.write_all(data)?;
-    stream.shutdown(Shutdown::Write)?;
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply)?;
-    Ok(reply)
-}
-
 #[test]
 fn hundred_concurrent_clients_each_get_their_own_digest() {
     let pki = Pki::reference();
@@ -57,7 +43,7 @@ fn hundred_concurrent_clients_each_get_their_own_digest() {
             let expected = digest_reply(&data);
             // All connect together, so the streams really overlap in the gateways.
             barrier.wait();
-            let outcome = match exchange(port, &data) {
+            let outcome = match exchange_within(port, &data, LIMIT) {
                 Ok(reply) if reply == expected => Ok(()),
                 Ok(reply) => Err(format!("wrong reply ({} bytes): {:02x?}", reply.len(), reply)),
                 Err(e) => Err(e.to_string()),

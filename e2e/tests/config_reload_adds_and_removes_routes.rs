@@ -5,8 +5,7 @@
 //! with the same error `check` gives, and the running one keeps serving. SIGHUP re-reads
 //! the file too.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,8 +22,7 @@ const MAX_LOAD: Duration = Duration::from_secs(60);
 fn reload_adds_and_removes_listeners_without_failing_the_one_that_stays() {
     let pki = Pki::reference();
     let echo = EchoServer::start();
-    let ingress_port = free_port();
-    let _ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config(&pki, ingress_port, echo.port));
+    let (_ingress, ingress_port) = Gateway::reference_ingress(&pki, echo.port);
     let upstream = format!("127.0.0.1:{ingress_port}");
     let (stays, removed, added, never) = (free_port(), free_port(), free_port(), free_port());
 
@@ -33,8 +31,7 @@ fn reload_adds_and_removes_listeners_without_failing_the_one_that_stays() {
     round_trip(stays, b"hello stays").unwrap();
     round_trip(removed, b"hello removed").unwrap();
     // A connection on the listener about to be removed, open across the reload.
-    let mut held = TcpStream::connect(("127.0.0.1", removed)).unwrap();
-    held.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut held = open_connection(removed);
     let (before, after): (&[u8], &[u8]) = (b"before reload\n", b"after reload, still open\n");
     echo_line(&mut held, before);
 
@@ -90,7 +87,7 @@ fn reload_adds_and_removes_listeners_without_failing_the_one_that_stays() {
     assert!(refuses(removed));
 
     // SIGHUP re-reads the file: the same invalid config is refused again...
-    signal(&egress, "HUP");
+    egress.signal("HUP");
     let (line, _) = tail.wait_for_reload(&egress, RELOAD_LIMIT);
     assert!(line.contains(REFUSED) && line.contains("SIGHUP"), "{line}");
     // ...and once the file is the running config again (no change to reload on its
@@ -98,7 +95,7 @@ fn reload_adds_and_removes_listeners_without_failing_the_one_that_stays() {
     std::fs::write(&egress.config, &v2).unwrap();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(tail.next_with_any(&[RELOADED, REFUSED]), None, "an unchanged config is not reloaded on a file event");
-    signal(&egress, "HUP");
+    egress.signal("HUP");
     let (line, _) = tail.wait_for_reload(&egress, RELOAD_LIMIT);
     assert!(line.contains(RELOADED) && line.contains("SIGHUP"), "{line}");
     round_trip(stays, b"after SIGHUP").unwrap();
@@ -117,50 +114,21 @@ fn reload_adds_and_removes_listeners_without_failing_the_one_that_stays() {
 fn egress_toml(pki: &Pki, upstream: &str, listeners: &[(&str, u16)], route_extra: &str) -> String {
     let mut toml = String::new();
     for (name, port) in listeners {
-        toml += &format!("[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\nroute = \"{name}\"\n\n");
+        toml += &plain_listener(name, *port, name);
     }
     for (name, _) in listeners {
-        toml += &format!(
-            "[[route]]\nname = \"{name}\"\nupstream = \"{upstream}\"\nupstream_tls = {{ mode = \"mutual\", dir = \"{}\", sni = \"{SERVICE_HOST}\" }}\n\n",
-            pki.path("egress").display()
-        );
+        toml += &origination_route(name, upstream, &pki.path("egress"), SERVICE_HOST);
     }
     toml + route_extra + "\n"
 }
 
 /// One connection: send `data`, close the write side, expect it echoed back whole.
 fn round_trip(port: u16, data: &[u8]) -> Result<(), String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    stream.write_all(data).map_err(|e| format!("write: {e}"))?;
-    stream.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
-    let mut echoed = Vec::new();
-    stream.read_to_end(&mut echoed).map_err(|e| format!("read: {e}"))?;
+    let echoed = plain_exchange(port, data).map_err(|e| e.to_string())?;
     if echoed == data {
         Ok(())
     } else {
         Err(format!("echoed {:?}, sent {:?}", String::from_utf8_lossy(&echoed), String::from_utf8_lossy(data)))
-    }
-}
-
-/// Writes a line on an open connection and reads the same line back.
-fn echo_line(stream: &mut TcpStream, line: &[u8]) {
-    stream.write_all(line).unwrap();
-    let mut echoed = vec![0u8; line.len()];
-    stream.read_exact(&mut echoed).unwrap();
-    assert_eq!(echoed, line);
-}
-
-/// Whether new connections to `port` are refused (waiting up to 2 s for a listener
-/// that was just told to stop to close its socket).
-fn refuses(port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return true,
-            _ if Instant::now() > deadline => return false,
-            _ => std::thread::sleep(Duration::from_millis(20)),
-        }
     }
 }
 

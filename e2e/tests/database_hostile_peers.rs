@@ -59,7 +59,7 @@ fn egress(pki: &Pki, certs: &LocalhostPki, p: &Ports, fakes: (u16, u16, u16), pg
     let origination = format!(r#"upstream_tls = {{ mode = "mutual", dir = "{client}", sni = "{SERVICE_HOST}" }}"#);
     let mut config = String::new();
     for (name, port) in [("pg-fake", p.pg_fake), ("pg-term", p.pg_term), ("my-big", p.my_big), ("my-short", p.my_short), ("my-term", p.my_term)] {
-        config.push_str(&format!("[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\nroute = \"{name}\"\n\n"));
+        config.push_str(&plain_listener(name, port, name));
     }
     config.push_str(&format!(
         r#"

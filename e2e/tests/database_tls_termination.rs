@@ -32,13 +32,9 @@ fn ingress(certs: &LocalhostPki, ports: &Ports, mariadb: u16, postgres: u16) -> 
     ] {
         // Plaintext clients carry no identity, so only TLS-required routes can have one.
         let allow = if mode == "required" { format!("allow = [\"dns:{LOCALHOST_CLIENT}\"]") } else { String::new() };
+        config.push_str(&plain_listener(name, port, name));
         config.push_str(&format!(
             r#"
-[[listener]]
-name = "{name}"
-address = "127.0.0.1:{port}"
-route = "{name}"
-
 [[route]]
 name = "{name}"
 protocol = "{protocol}"

@@ -169,8 +169,7 @@ fn ingress_diagnose_accepts_a_good_client_certificate_and_refuses_a_foreign_one(
 /// The reference ingress in front of an echo server; returns (echo, its port, ingress).
 fn ingress(pki: &Pki) -> (EchoServer, u16, Gateway) {
     let echo = EchoServer::start();
-    let port = free_port();
-    let gateway = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config(pki, port, echo.port));
+    let (gateway, port) = Gateway::reference_ingress(pki, echo.port);
     (echo, port, gateway)
 }
 
@@ -187,10 +186,7 @@ fn mutual_route(upstream: &str, secret: &Path, ca: Option<&Path>, sni: &str) -> 
 /// Writes an egress config with a plain listener on `route` (plus `extra`) and runs
 /// `strait-egress diagnose probe`; returns (exit 0?, output).
 fn diagnose(pki: &Pki, route: &str, extra: &str) -> (bool, String) {
-    let config = format!(
-        "[[listener]]\nname = \"plain\"\naddress = \"127.0.0.1:{}\"\nroute = \"probe\"\n\n{route}\n{extra}",
-        free_port()
-    );
+    let config = format!("{}\n{route}\n{extra}", plain_listener("plain", free_port(), "probe"));
     let path = pki.dir.path().join(format!("diagnose-{}.toml", free_port()));
     std::fs::write(&path, config).unwrap();
     let path = path.display().to_string();

@@ -2,8 +2,7 @@
 //! A records spreads connections over both ingresses, a dead ingress is skipped for the
 //! next address, and a name with no answer refuses the client with the DNS reason logged.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use strait_e2e::dns::{ingress_config_at, Dnsmasq};
@@ -17,13 +16,8 @@ const N: usize = 10;
 
 /// One echo round trip through the egress plain port; the echoed text, or why not.
 fn echo_through(port: u16, message: &str) -> Result<String, String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    stream.write_all(message.as_bytes()).map_err(|e| format!("write: {e}"))?;
-    stream.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).map_err(|e| format!("read: {e}"))?;
-    Ok(reply)
+    let reply = exchange_within(port, message.as_bytes(), Duration::from_secs(15)).map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&reply).into_owned())
 }
 
 /// Access-log lines of `gateway` containing every one of `needles`.

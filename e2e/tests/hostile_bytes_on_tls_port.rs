@@ -5,7 +5,6 @@
 //! served after every one.
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::time::Duration;
 
 use strait_e2e::hostile::*;
@@ -14,32 +13,17 @@ use strait_e2e::*;
 /// Much shorter than the 10 s default handshake timeout: a refusal must not wait for it.
 const PROMPTLY: Duration = Duration::from_secs(5);
 
-/// Writes `bytes` from a thread (the gateway may stop reading and reset the connection
-/// long before 1 MiB is through) and waits for the gateway to close the connection.
-fn send_and_expect_close(port: u16, bytes: Vec<u8>) -> Closed {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let sending = std::thread::spawn(move || {
-        let _ = writer.write_all(&bytes);
-    });
-    let closed = closed_by_gateway(&mut stream, PROMPTLY);
-    drop(stream);
-    sending.join().unwrap();
-    closed
-}
-
 #[test]
 fn non_tls_bytes_are_refused_at_once_and_good_clients_still_served() {
     let pki = Pki::reference();
     let echo = EchoServer::start();
-    let port = free_port();
-    let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config(&pki, port, echo.port));
-    let good = || client_config(Some(&pki.path("egress")), &pki.path("ingress/ca.crt"));
+    let (mut ingress, port) = Gateway::reference_ingress(&pki, echo.port);
+    let good = || pki.egress_client();
     served(port, SERVICE_HOST, good(), "start");
 
     // A plain HTTP request: no HTTP answer, at most a TLS alert, then the close.
     let request = format!("GET / HTTP/1.1\r\nHost: {SERVICE_HOST}\r\nUser-Agent: curl/8.0\r\nAccept: */*\r\n\r\n");
-    let closed = send_and_expect_close(port, request.into_bytes());
+    let closed = send_and_expect_close(port, request.into_bytes(), PROMPTLY);
     assert!(!String::from_utf8_lossy(&closed.received).contains("HTTP/"), "{closed:?}");
     assert!(closed.received.is_empty() || alert(&closed.received).is_some_and(|(level, _)| level == 2), "{closed:?}");
     let line = ingress.wait_for_access_line(&["outcome=refused", "bad ClientHello"]);
@@ -48,7 +32,7 @@ fn non_tls_bytes_are_refused_at_once_and_good_clients_still_served() {
     served(port, SERVICE_HOST, good(), "a plain HTTP request");
 
     // 1 MiB of random bytes.
-    let closed = send_and_expect_close(port, noise(1 << 20, 0x5742_4149_5421));
+    let closed = send_and_expect_close(port, noise(1 << 20, 0x5742_4149_5421), PROMPTLY);
     assert!(closed.received.len() <= 7, "more than an alert came back: {closed:?}");
     wait_for_lines(&ingress, &["outcome=refused", "bad ClientHello"], 2);
     served(port, SERVICE_HOST, good(), "1 MiB of random bytes");
@@ -57,7 +41,7 @@ fn non_tls_bytes_are_refused_at_once_and_good_clients_still_served() {
     // fails the ClientHello parser.
     let mut fake = vec![0x16, 0x03, 0x01, 0x40, 0x00];
     fake.extend(noise(0x4000, 7));
-    let closed = send_and_expect_close(port, fake);
+    let closed = send_and_expect_close(port, fake, PROMPTLY);
     assert!(closed.received.len() <= 7, "more than an alert came back: {closed:?}");
     wait_for_lines(&ingress, &["outcome=refused", "bad ClientHello"], 3);
     served(port, SERVICE_HOST, good(), "a TLS record header over random bytes");

@@ -15,6 +15,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use strait_e2e::databases::mysql_greeting_version;
 use strait_e2e::*;
 
 const WORKLOAD_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
@@ -40,19 +41,8 @@ fn s_client(workload: &Path, mesh_ca: &Path, mesh_port: u16) -> Command {
     command
 }
 
-/// The server version from a MySQL protocol greeting (one packet: 3-byte length,
-/// sequence 0, protocol version 10, NUL-terminated version), once all of it is in `bytes`.
-fn greeting_version(bytes: &[u8]) -> Option<String> {
-    let header = bytes.get(..4)?;
-    let length = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
-    let payload = bytes.get(4..4 + length)?;
-    assert_eq!(header[3], 0, "the greeting is the first packet of the stream: {bytes:02x?}");
-    assert_eq!(payload[0], 0x0a, "protocol version 10 opens a MariaDB greeting: {bytes:02x?}");
-    let end = payload[1..].iter().position(|&b| b == 0).expect("the version string is NUL-terminated");
-    Some(String::from_utf8_lossy(&payload[1..1 + end]).into_owned())
-}
-
-/// Reads `source` until a whole greeting has arrived, for at most ten seconds.
+/// Reads `source` until a whole greeting has arrived, for at most ten seconds (a
+/// thread reads, since s_client's stdout has no read timeout); returns its version.
 fn read_greeting(mut source: impl Read + Send + 'static) -> String {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -66,7 +56,8 @@ fn read_greeting(mut source: impl Read + Send + 'static) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut bytes = Vec::new();
     loop {
-        if let Some(version) = greeting_version(&bytes) {
+        if let Some(version) = mysql_greeting_version(&bytes) {
+            assert_eq!(bytes[3], 0, "the greeting is the first packet of the stream: {bytes:02x?}");
             return version;
         }
         let left = deadline.saturating_duration_since(Instant::now());

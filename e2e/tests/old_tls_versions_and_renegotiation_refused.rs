@@ -45,17 +45,15 @@ fn tls12_only(pki: &Pki) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-/// The s_client arguments every case shares: SNI, trust, the good client certificate.
-fn base_args(pki: &Pki) -> Vec<String> {
-    let mut args: Vec<String> = vec!["-servername".into(), SERVICE_HOST.into(), "-CAfile".into(), pki.path("ingress/ca.crt").display().to_string()];
-    args.extend(cert_args(&pki.path("egress")));
-    args
+/// The s_client arguments every case shares, after `flags`: SNI, trust, the good
+/// client certificate.
+fn base_args(pki: &Pki, flags: &[&str]) -> Vec<String> {
+    s_client_args(flags, SERVICE_HOST, &pki.path("ingress/ca.crt"), &pki.path("egress"))
 }
 
 /// Sends a line through s_client and waits for the echo backend's copy.
 fn echoed_through_openssl(pki: &Pki, name: &str, port: u16, version: &str) {
-    let mut args = vec![version.to_owned(), "-quiet".into(), "-no_ign_eof".into()];
-    args.extend(base_args(pki));
+    let args = base_args(pki, &[version, "-quiet", "-no_ign_eof"]);
     let mut s_client = Interactive::s_client(pki.dir.path(), name, port, &args);
     s_client.send(&format!("{name} through openssl\n"));
     assert!(s_client.wait_for(&format!("{name} through openssl"), Duration::from_secs(10)), "{name}:\n{}", s_client.output());
@@ -77,15 +75,13 @@ fn old_versions_are_refused_and_renegotiation_never_happens() {
     let echo = EchoServer::start();
     let (port, tls13_port) = (free_port(), free_port());
     let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&pki, port, tls13_port, echo.port));
-    let good = || client_config(Some(&pki.path("egress")), &pki.path("ingress/ca.crt"));
+    let good = || pki.egress_client();
     served(port, SERVICE_HOST, good(), "start");
 
     // TLS 1.0 and 1.1 offers, with every cipher openssl has (security level 0), so the
     // client really offers them; -msg shows the ClientHello's version.
     for (i, (flag, shown)) in [("-tls1", "TLS 1.0"), ("-tls1_1", "TLS 1.1")].into_iter().enumerate() {
-        let mut args = vec![flag.to_owned(), "-cipher".into(), "DEFAULT:@SECLEVEL=0".into(), "-msg".into()];
-        args.extend(base_args(&pki));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args = base_args(&pki, &[flag, "-cipher", "DEFAULT:@SECLEVEL=0", "-msg"]);
         let (ok, out) = s_client(pki.dir.path(), flag, port, &args);
         assert!(out.contains(&format!(">>> {shown}, Handshake")) && out.contains("ClientHello"), "{flag}: openssl did not offer {shown}:\n{out}");
         assert!(!ok, "{flag}: s_client succeeded:\n{out}");
@@ -101,9 +97,7 @@ fn old_versions_are_refused_and_renegotiation_never_happens() {
     echoed_through_openssl(&pki, "tls1_2-default", port, "-tls1_2");
 
     // min_version = "1.3": TLS 1.2 is refused, from openssl and from rustls.
-    let mut args = vec!["-tls1_2".to_owned()];
-    args.extend(base_args(&pki));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = base_args(&pki, &["-tls1_2"]);
     let (ok, out) = s_client(pki.dir.path(), "tls1_2-on-tls13", tls13_port, &args);
     assert!(!ok && out.contains("alert protocol version"), "TLS 1.2 on a 1.3-only listener:\n{out}");
     let how = refused(tls13_port, SERVICE_HOST, tls12_only(&pki));
@@ -118,8 +112,7 @@ fn old_versions_are_refused_and_renegotiation_never_happens() {
     // session. It must not happen: nothing typed after it reaches the backend, and the
     // connection ends at once: the gateway answers with its no_renegotiation alert
     // (sent even though no application data follows), well before the 3 s idle timeout.
-    let mut args = vec!["-tls1_2".to_owned()];
-    args.extend(base_args(&pki));
+    let args = base_args(&pki, &["-tls1_2"]);
     let mut s_client = Interactive::s_client(pki.dir.path(), "renegotiation", port, &args);
     assert!(s_client.wait_for("Verify return code: 0 (ok)", Duration::from_secs(10)), "{}", s_client.output());
     s_client.send("before\n");

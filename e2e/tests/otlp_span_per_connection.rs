@@ -3,7 +3,6 @@
 //! `service.name` in the resource; a refused connection gets its span too.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use strait_e2e::otlp::{OtlpReceiver, ReceivedSpan};
@@ -18,11 +17,8 @@ fn a_relayed_connection_arrives_as_a_span_with_its_attributes() {
     let receiver = OtlpReceiver::start();
     let traced = start(&pki, &receiver);
 
-    let mut stream = TcpStream::connect(("127.0.0.1", traced.plain_port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(b"one span per connection\n").unwrap();
-    stream.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_all(&mut stream), "one span per connection\n");
+    let reply = plain_exchange(traced.plain_port, b"one span per connection\n").unwrap();
+    assert_eq!(reply, b"one span per connection\n");
     traced.egress.wait_for_access_line(&["listener=mysql-plain", "outcome=closed"]);
 
     let span = receiver.wait_for_span(ARRIVAL, "for the plain-port connection", |s| {

@@ -30,32 +30,19 @@ upstream = "127.0.0.1:{backend}"
     )
 }
 
-/// Sends `bytes` from a thread and waits for the gateway to close the connection.
-fn send_and_expect_close(port: u16, bytes: Vec<u8>) -> Closed {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let sending = std::thread::spawn(move || {
-        let _ = writer.write_all(&bytes);
-    });
-    let closed = closed_by_gateway(&mut stream, Duration::from_secs(5));
-    drop(stream);
-    sending.join().unwrap();
-    closed
-}
-
 #[test]
 fn oversized_client_hellos_are_refused_after_the_first_record() {
     let pki = Pki::reference();
     let echo = EchoServer::start();
     let port = free_port();
     let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&pki, port, echo.port, 16384));
-    let good = || client_config(Some(&pki.path("egress")), &pki.path("ingress/ca.crt"));
+    let good = || pki.egress_client();
     served(port, SERVICE_HOST, good(), "start");
 
     // A handshake record whose header claims 65535 bytes (TLS allows 16384 + 2048).
     let mut huge_record = vec![0x16, 0x03, 0x01, 0xff, 0xff];
     huge_record.extend(&client_hello(SERVICE_HOST)[5..]);
-    let closed = send_and_expect_close(port, huge_record);
+    let closed = send_and_expect_close(port, huge_record, Duration::from_secs(5));
     assert!(closed.received.len() <= 7, "{closed:?}");
     let line = ingress.wait_for_access_line(&["outcome=refused", "bad ClientHello", "MessageTooLarge"]);
     assert!(line.contains("route=- ") && line.contains("sni=- "), "{line}");
@@ -65,7 +52,7 @@ fn oversized_client_hellos_are_refused_after_the_first_record() {
     // extensions of 56 bytes, SNI first, in 16 KiB records.
     let hello = oversized_client_hello(SERVICE_HOST, 30_000, 1000, 56);
     assert!(hello.len() > 110 * 1024, "{}", hello.len());
-    let closed = send_and_expect_close(port, hello);
+    let closed = send_and_expect_close(port, hello, Duration::from_secs(5));
     assert!(closed.received.len() <= 7, "{closed:?}");
     if let Some((level, _)) = alert(&closed.received) {
         assert_eq!(level, 2, "a fatal alert");
@@ -84,7 +71,7 @@ fn connections_beyond_max_connections_are_shed_at_once() {
     let echo = EchoServer::start();
     let port = free_port();
     let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&pki, port, echo.port, 5));
-    let good = || client_config(Some(&pki.path("egress")), &pki.path("ingress/ca.crt"));
+    let good = || pki.egress_client();
     let shed = |ingress: &Gateway| metric(ingress, "strait_connections_shed_total", &[("listener", "limited")]);
 
     // Five mutual-TLS streams, each proven end to end, held open.

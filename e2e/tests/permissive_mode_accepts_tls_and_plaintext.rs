@@ -52,7 +52,7 @@ fn permissive_port_serves_mtls_and_plaintext_strict_refuses_plaintext() {
     let [permissive, strict, disabled] = ports;
     let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&pki, ports, echo.port));
     let ca = pki.path("ingress/ca.crt");
-    let good = || client_config(Some(&pki.path("egress")), &ca);
+    let good = || pki.egress_client();
     let identity = format!("identity=client.{SERVICE_HOST} ");
 
     // Permissive: mutual TLS, then plaintext, on the same port, both to the backend.
@@ -66,9 +66,7 @@ fn permissive_port_serves_mtls_and_plaintext_strict_refuses_plaintext() {
     assert!(line.contains("route=echo ") && line.contains("sni=- "), "{line}");
     assert!(line.contains(&format!("bytes_received={} ", message.len())), "{line}");
     // The same through openssl s_client, a third-party TLS stack.
-    let mut args: Vec<String> = ["-quiet", "-no_ign_eof", "-servername", SERVICE_HOST, "-CAfile"].map(String::from).into();
-    args.push(ca.display().to_string());
-    args.extend(cert_args(&pki.path("egress")));
+    let args = s_client_args(&["-quiet", "-no_ign_eof"], SERVICE_HOST, &ca, &pki.path("egress"));
     let mut s_client = Interactive::s_client(pki.dir.path(), "permissive", permissive, &args);
     s_client.send("through s_client\n");
     assert!(s_client.wait_for("through s_client", Duration::from_secs(10)), "openssl s_client on the permissive port:\n{}", s_client.output());

@@ -12,21 +12,9 @@ fn plain_redis_cli_reaches_mtls_only_redis_through_the_egress() {
     let redis = Redis::start_tls_only(REDIS_HOST);
     let dir = tempfile::tempdir().unwrap();
     let plain_port = free_port();
-    let config = format!(
-        r#"
-[[listener]]
-name = "redis-plain"
-address = "127.0.0.1:{plain_port}"
-route = "redis"
-
-[[route]]
-name = "redis"
-upstream = "127.0.0.1:{tls_port}"
-upstream_tls = {{ mode = "mutual", dir = "{client}", sni = "{REDIS_HOST}" }}
-"#,
-        tls_port = redis.tls_port,
-        client = redis.client_secret.display(),
-    );
+    let upstream = format!("127.0.0.1:{}", redis.tls_port);
+    let config = plain_listener("redis-plain", plain_port, "redis")
+        + &origination_route("redis", &upstream, &redis.client_secret, REDIS_HOST);
     let egress = Gateway::start(Role::Egress, dir.path(), &config);
 
     let (ok, out) = redis_cli(plain_port, &["SET", "foo", "bar"]);

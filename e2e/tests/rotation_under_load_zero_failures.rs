@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strait::certs::{Authority, KeyType, Leaf, Usage};
+use strait_e2e::hostile::tls_refused;
 use strait_e2e::kube_secret::*;
 use strait_e2e::*;
 
@@ -54,9 +55,11 @@ fn rotating_server_client_and_ca_under_load_fails_no_connection() {
     std::fs::write(pki.path("new-ca.crt"), &new_chain).unwrap();
 
     let ingress_port = free_port();
-    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_toml(ingress_port, &ingress_secret, db.port));
+    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config_with(&ingress_secret.dir, ingress_port, db.port));
     let plain_port = free_port();
-    let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_toml(plain_port, ingress_port, &egress_secret));
+    let egress_toml = plain_listener("mysql-plain", plain_port, "to-ingress")
+        + &origination_route("to-ingress", &format!("127.0.0.1:{ingress_port}"), &egress_secret.dir, SERVICE_HOST);
+    let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_toml);
     mariadb_sql(plain_port, "SELECT 1").expect("the pair carries MySQL before the rotation");
 
     // A connection opened before the rotation, kept open across it.
@@ -133,12 +136,12 @@ fn rotating_server_client_and_ca_under_load_fails_no_connection() {
     assert_eq!(presented, leaf_der(&ingress_secret.path("tls.crt")), "the ingress presents the new server certificate");
     assert_ne!(presented, old_server_leaf);
     assert!(
-        refused(tls_connect(ingress_port, SERVICE_HOST, client_config(Some(&pki.path("egress")), &new_trust))),
+        tls_refused(tls_connect(ingress_port, SERVICE_HOST, client_config(Some(&pki.path("egress")), &new_trust))),
         "a client certificate from the dropped CA must be refused"
     );
     let (server_serial, client_serial) = (serial(&ingress_secret.dir), serial(&egress_secret.dir));
-    assert!(log_lines(&ingress, &format!("serial={server_serial}")).iter().any(|l| l.contains("certificate loaded")));
-    assert!(log_lines(&egress, &format!("serial={client_serial}")).iter().any(|l| l.contains("certificate loaded")));
+    assert!(ingress.log_lines(&format!("serial={server_serial}")).iter().any(|l| l.contains("certificate loaded")));
+    assert!(egress.log_lines(&format!("serial={client_serial}")).iter().any(|l| l.contains("certificate loaded")));
 
     // The connection opened before the rotation is the same MySQL session, still working.
     assert_eq!(session.query("SELECT CONNECTION_ID();"), connection_id, "same connection, not a reconnect");
@@ -161,7 +164,7 @@ fn rotating_server_client_and_ca_under_load_fails_no_connection() {
     // The load really ran through every step.
     assert!(made_at_step.windows(2).all(|w| w[1] > w[0]), "connections completed during every phase: {made_at_step:?}");
     for gateway in [&ingress, &egress] {
-        assert!(log_lines(gateway, REFUSED).is_empty(), "no reload may be refused:\n{}", gateway.proc.output());
+        assert!(gateway.log_lines(REFUSED).is_empty(), "no reload may be refused:\n{}", gateway.proc.output());
     }
 }
 
@@ -178,54 +181,6 @@ impl Update<'_> {
         match self {
             Update::Files(files) => secret.update(&files.iter().map(|(n, c)| (*n, c.as_str())).collect::<Vec<_>>()),
             Update::Leaf(issued) => secret.rotate(issued, None),
-        }
-    }
-}
-
-fn ingress_toml(port: u16, secret: &KubeSecret, backend: u16) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "mtls"
-address = "127.0.0.1:{port}"
-tls = {{ mode = "mutual", dir = "{dir}" }}
-
-[[route]]
-name = "mysql"
-hosts = ["{SERVICE_HOST}"]
-upstream = "127.0.0.1:{backend}"
-"#,
-        dir = secret.dir.display()
-    )
-}
-
-fn egress_toml(plain_port: u16, ingress_port: u16, secret: &KubeSecret) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "mysql-plain"
-address = "127.0.0.1:{plain_port}"
-route = "to-ingress"
-
-[[route]]
-name = "to-ingress"
-hosts = ["{SERVICE_HOST}"]
-upstream = "127.0.0.1:{ingress_port}"
-upstream_tls = {{ mode = "mutual", dir = "{dir}", sni = "{SERVICE_HOST}" }}
-"#,
-        dir = secret.dir.display()
-    )
-}
-
-/// Whether a TLS connection attempt ended refused: the handshake failed, or (TLS 1.3,
-/// client certificate rejected after the client finished) the first read fails.
-fn refused<S: Read + Write>(attempt: std::io::Result<S>) -> bool {
-    match attempt {
-        Err(_) => true,
-        Ok(mut stream) => {
-            let _ = stream.write_all(b"ping");
-            let mut buf = [0u8; 16];
-            !matches!(stream.read(&mut buf), Ok(n) if n > 0)
         }
     }
 }

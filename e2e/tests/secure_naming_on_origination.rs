@@ -19,13 +19,9 @@ const INGRESS_ID: &str = "spiffe://cluster.local/ns/db/sa/ingress-gateway";
 fn egress_config(client: &std::path::Path, ingress_port: u16, routes: &[(&str, u16, &str)]) -> String {
     let mut config = String::new();
     for (name, port, extra) in routes {
+        config.push_str(&plain_listener(name, *port, name));
         config.push_str(&format!(
             r#"
-[[listener]]
-name = "{name}"
-address = "127.0.0.1:{port}"
-route = "{name}"
-
 [[route]]
 name = "{name}"
 upstream = "127.0.0.1:{ingress_port}"

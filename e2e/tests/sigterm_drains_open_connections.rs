@@ -2,9 +2,8 @@
 //! finish, and exits 0: as soon as they are done, or when the drain timeout runs out
 //! with one still open.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
-use std::process::ExitStatus;
+use std::io::{ErrorKind, Read};
+use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use strait_e2e::kube_secret::*;
@@ -14,11 +13,11 @@ use strait_e2e::*;
 fn sigterm_lets_an_open_connection_finish_then_exits_zero() {
     let pki = Pki::reference();
     let (_ingress, mut egress, port) = start(&pki, "");
-    let mut open = connect(port);
+    let mut open = open_connection(port);
     echo_line(&mut open, b"before SIGTERM\n");
 
     let mut tail = LogTail::from_now(&egress);
-    signal(&egress, "TERM");
+    egress.signal("TERM");
     tail.wait_for(&egress, "shutting down", Duration::from_secs(5));
     assert!(refuses(port), "new connections must be refused once SIGTERM arrived");
     echo_line(&mut open, b"during the drain\n");
@@ -29,7 +28,7 @@ fn sigterm_lets_an_open_connection_finish_then_exits_zero() {
     open.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_all(&mut open), "", "the open connection ends with a clean EOF");
     let closed = Instant::now();
-    let status = wait_for_exit(&mut egress, Duration::from_secs(10));
+    let status = egress.wait_for_exit(Duration::from_secs(10));
     let took = closed.elapsed();
     println!("exited {took:?} after the last connection closed");
     assert!(status.success(), "exit status {status}:\n{}", egress.proc.output());
@@ -42,12 +41,12 @@ fn sigterm_lets_an_open_connection_finish_then_exits_zero() {
 fn sigterm_with_a_connection_left_open_exits_zero_after_the_drain_timeout() {
     let pki = Pki::reference();
     let (_ingress, mut egress, port) = start(&pki, "[process]\ndrain_timeout = \"1s\"\n");
-    let mut open = connect(port);
+    let mut open = open_connection(port);
     echo_line(&mut open, b"left open\n");
 
     let sent = Instant::now();
-    signal(&egress, "TERM");
-    let status = wait_for_exit(&mut egress, Duration::from_secs(10));
+    egress.signal("TERM");
+    let status = egress.wait_for_exit(Duration::from_secs(10));
     let took = sent.elapsed();
     println!("exited {took:?} after SIGTERM with drain_timeout = 1s");
     assert!(status.success(), "exit status {status}:\n{}", egress.proc.output());
@@ -66,61 +65,13 @@ fn sigterm_with_a_connection_left_open_exits_zero_after_the_drain_timeout() {
 /// `extra` is appended to the egress config. Returns the egress's plain port.
 fn start(pki: &Pki, extra: &str) -> (Gateway, Gateway, u16) {
     let echo = EchoServer::start();
-    let ingress_port = free_port();
-    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config(pki, ingress_port, echo.port));
+    let (ingress, ingress_port) = Gateway::reference_ingress(pki, echo.port);
     let port = free_port();
-    let config = format!(
-        r#"
-[[listener]]
-name = "plain"
-address = "127.0.0.1:{port}"
-route = "to-ingress"
-
-[[route]]
-name = "to-ingress"
-upstream = "127.0.0.1:{ingress_port}"
-upstream_tls = {{ mode = "mutual", dir = "{client}", sni = "{SERVICE_HOST}" }}
-
-{extra}"#,
-        client = pki.path("egress").display()
-    );
+    let upstream = format!("127.0.0.1:{ingress_port}");
+    let config = plain_listener("plain", port, "to-ingress")
+        + &origination_route("to-ingress", &upstream, &pki.path("egress"), SERVICE_HOST)
+        + "\n"
+        + extra;
     let egress = Gateway::start(Role::Egress, pki.dir.path(), &config);
     (ingress, egress, port)
-}
-
-fn connect(port: u16) -> TcpStream {
-    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream
-}
-
-/// Writes a line on an open connection and reads the same line back.
-fn echo_line(stream: &mut TcpStream, line: &[u8]) {
-    stream.write_all(line).unwrap();
-    let mut echoed = vec![0u8; line.len()];
-    stream.read_exact(&mut echoed).unwrap();
-    assert_eq!(echoed, line);
-}
-
-/// Whether new connections to `port` are refused (waiting up to 2 s).
-fn refuses(port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return true,
-            _ if Instant::now() > deadline => return false,
-            _ => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-fn wait_for_exit(gateway: &mut Gateway, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = gateway.proc.try_wait() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "still running {limit:?} after SIGTERM:\n{}", gateway.proc.output());
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }

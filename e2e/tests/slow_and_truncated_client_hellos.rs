@@ -55,7 +55,7 @@ fn unfinished_handshakes_are_closed_by_the_timeout_and_do_not_block_good_clients
     let echo = EchoServer::start();
     let port = free_port();
     let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&pki, port, echo.port));
-    let good = || client_config(Some(&pki.path("egress")), &pki.path("ingress/ca.crt"));
+    let good = || pki.egress_client();
     let timeouts = |ingress: &Gateway| metric(ingress, "strait_handshake_failures_total", &[("listener", "mtls"), ("reason", "timeout")]);
     served(port, SERVICE_HOST, good(), "start");
 

@@ -6,6 +6,7 @@
 use std::io::{Read, Write};
 
 use strait::identity::Identity;
+use strait_e2e::databases::read_mysql_greeting;
 use strait_e2e::*;
 
 const ECHO_HOST: &str = "echo.strait.test";
@@ -14,26 +15,6 @@ const ECHO_HOST: &str = "echo.strait.test";
 fn server_dns_names(stream: &rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>) -> Vec<String> {
     let chain = stream.conn.peer_certificates().expect("the server presented a certificate");
     Identity::from_cert(&chain[0]).dns
-}
-
-/// Reads the first MySQL protocol packet and returns the server version in it; the
-/// stream's read timeout (10s) bounds the wait.
-fn read_greeting(stream: &mut impl Read) -> String {
-    let mut bytes = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(header) = bytes.get(..4) {
-            let length = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
-            if let Some(payload) = bytes.get(4..4 + length) {
-                assert_eq!(payload[0], 0x0a, "protocol version 10 opens a MariaDB greeting: {bytes:02x?}");
-                let end = payload[1..].iter().position(|&b| b == 0).expect("the version string is NUL-terminated");
-                return String::from_utf8_lossy(&payload[1..1 + end]).into_owned();
-            }
-        }
-        let n = stream.read(&mut chunk).unwrap_or_else(|e| panic!("reading the greeting: {e}; got {bytes:02x?}"));
-        assert!(n > 0, "the stream ended before a whole greeting: {bytes:02x?}");
-        bytes.extend_from_slice(&chunk[..n]);
-    }
 }
 
 #[test]
@@ -76,7 +57,7 @@ downstream_tls = {{ cert = "{echo_cert}", key = "{echo_key}" }}
     // and MariaDB behind it.
     let mut to_db = tls_connect(port, SERVICE_HOST, trusts_ingress.clone()).expect("handshake for the db host");
     assert_eq!(server_dns_names(&to_db), [SERVICE_HOST]);
-    let version = read_greeting(&mut to_db);
+    let version = read_mysql_greeting(&mut to_db);
     let server_version = db.root_sql("SELECT VERSION()").trim().to_owned();
     assert!(version.contains("MariaDB") && version.ends_with(&server_version), "greeting {version:?}, server {server_version:?}");
 
