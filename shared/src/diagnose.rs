@@ -18,7 +18,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{split_host_port, Config, TlsConfig, TlsMode};
+use crate::config::{split_host_port, Config, Protocol, TlsConfig, TlsMode};
 use crate::resolve::Resolver;
 use crate::tls;
 
@@ -32,6 +32,8 @@ pub struct Probe {
     pub sni: String,
     /// Origination settings (mode, credential files, CA, SAN checks).
     pub tls: TlsConfig,
+    /// For database routes, TLS starts after the protocol's own TLS request.
+    pub protocol: Protocol,
 }
 
 /// The report: one line per step, and whether the path works.
@@ -53,7 +55,7 @@ pub async fn route(config: &Config, name: &str) -> Report {
     let tls = route.upstream_tls.as_ref().expect("validated: upstream_tls is set");
     let _ = writeln!(out, "route {name}: upstream {}, upstream_tls mode {}", route.upstream, tls.mode.unwrap_or(TlsMode::Disable));
     let sni = tls.sni.clone().unwrap_or_else(|| host.clone());
-    let probe = Probe { host, port, sni, tls: tls.clone() };
+    let probe = Probe { host, port, sni, tls: tls.clone(), protocol: route.protocol };
     run(out, config, &probe).await
 }
 
@@ -62,7 +64,7 @@ pub async fn route(config: &Config, name: &str) -> Report {
 pub async fn client(config: &Config, address: SocketAddr, sni: String, cert: PathBuf, key: PathBuf, ca: PathBuf) -> Report {
     let out = format!("listener at {address}: SNI {sni}, client certificate {}\n", cert.display());
     let tls = TlsConfig { mode: Some(TlsMode::Mutual), cert: Some(cert), key: Some(key), ca: Some(ca), ..TlsConfig::default() };
-    let probe = Probe { host: address.ip().to_string(), port: address.port(), sni, tls };
+    let probe = Probe { host: address.ip().to_string(), port: address.port(), sni, tls, protocol: Protocol::Tcp };
     run(out, config, &probe).await
 }
 
@@ -115,7 +117,58 @@ async fn run(mut out: String, config: &Config, probe: &Probe) -> Report {
         let _ = writeln!(out, "upstream_tls mode is \"disable\": plaintext, nothing more to check");
         return Report { text: out + "OK: the path works\n", ok: true };
     }
+    let mut tcp = tcp;
+    if probe.protocol != Protocol::Tcp {
+        let started = Instant::now();
+        match tokio::time::timeout(Duration::from_secs(10), request_tls(probe.protocol, &mut tcp)).await {
+            Ok(Ok(said)) => step(&mut out, started, said),
+            Ok(Err(why)) => return fail(out, why),
+            Err(_) => return fail(out, format!("the server did not answer the {} TLS request within 10 s", probe.protocol.as_str())),
+        }
+    }
     handshake(out, probe, tcp, addr).await
+}
+
+/// Asks a database for TLS the way its protocol does, as the gateway would.
+async fn request_tls(protocol: Protocol, tcp: &mut TcpStream) -> Result<String, String> {
+    use crate::protocol::{mysql, postgres};
+    use tokio::io::AsyncWriteExt;
+    match protocol {
+        Protocol::Mysql => {
+            let mut buffer = Vec::new();
+            let greeting = loop {
+                if let Some(packet) = mysql::parse_packet(&mut buffer, 64 * 1024)? {
+                    break packet;
+                }
+                if tcp.read_buf(&mut buffer).await.map_err(|e| format!("reading the MySQL greeting: {e}"))? == 0 {
+                    return Err("the server closed before its MySQL greeting: is this a MySQL port?".into());
+                }
+            };
+            let parsed = mysql::parse_greeting(&greeting.payload)?;
+            if parsed.capabilities & mysql::CLIENT_SSL == 0 {
+                return Err("the server's MySQL greeting does not offer TLS (no CLIENT_SSL): enable TLS on the server (ssl_cert/ssl_key), or set upstream_tls mode = \"disable\" if plaintext is really meant".into());
+            }
+            let mut request = (mysql::CLIENT_PROTOCOL_41 | mysql::CLIENT_SSL).to_le_bytes().to_vec();
+            request.extend_from_slice(&[0, 0, 0, 1, 45]);
+            request.extend_from_slice(&[0; 23]);
+            let packet = mysql::Packet { seq: greeting.seq.wrapping_add(1), payload: request };
+            tcp.write_all(&packet.encode()).await.map_err(|e| format!("sending the SSL request: {e}"))?;
+            Ok("MySQL greeting offers TLS (CLIENT_SSL); SSL request sent".into())
+        }
+        Protocol::Postgres => {
+            let mut request = 8u32.to_be_bytes().to_vec();
+            request.extend_from_slice(&postgres::SSL_REQUEST.to_be_bytes());
+            tcp.write_all(&request).await.map_err(|e| format!("sending SSLRequest: {e}"))?;
+            let mut answer = [0u8; 1];
+            tcp.read_exact(&mut answer).await.map_err(|e| format!("the server closed after SSLRequest: {e}"))?;
+            match answer[0] {
+                b'S' => Ok("PostgreSQL answered S to SSLRequest".into()),
+                b'N' => Err("PostgreSQL answered N to SSLRequest: the server has ssl = off; enable it, or set upstream_tls mode = \"disable\" if plaintext is really meant".into()),
+                other => Err(format!("PostgreSQL answered {:?} to SSLRequest: is this a PostgreSQL port?", other as char)),
+            }
+        }
+        Protocol::Tcp => Ok(String::new()),
+    }
 }
 
 /// Records the chain the server presented, then lets the real verifier decide.
