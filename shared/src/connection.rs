@@ -132,7 +132,8 @@ pub fn denied(route: &Route, log: &AccessLog) -> Outcome {
 
 /// Relays until both sides close, and records what moved.
 async fn relay_and_close(downstream: Stream, upstream: Stream, route: &Route, log: &mut AccessLog) -> Outcome {
-    let moved = relay(downstream, upstream, route.idle_timeout).await;
+    // Boxed, like the set-up stages: the task itself then stays small.
+    let moved = Box::pin(relay(downstream, upstream, route.idle_timeout)).await;
     log.bytes_received = moved.from_downstream;
     log.bytes_sent = moved.from_upstream;
     match moved.error {

@@ -17,7 +17,11 @@ pub type Stream = Either<TcpStream, TlsConn>;
 /// produces in response to what it reads — the `no_renegotiation` alert for a TLS 1.2
 /// renegotiation attempt, key-update answers — would otherwise wait for the next
 /// application write, which may never come: the peer hangs until the idle timeout.
-pub struct TlsConn(tokio_rustls::TlsStream<TcpStream>);
+///
+/// Boxed: the rustls state is over a kilobyte, and inline it would make every `Stream`
+/// that size, plain ones included, in every future that holds one — memory each idle
+/// connection pays for.
+pub struct TlsConn(Box<tokio_rustls::TlsStream<TcpStream>>);
 
 impl TlsConn {
     /// The TCP socket and the TLS state.
@@ -28,22 +32,22 @@ impl TlsConn {
 
 impl From<tokio_rustls::server::TlsStream<TcpStream>> for TlsConn {
     fn from(tls: tokio_rustls::server::TlsStream<TcpStream>) -> Self {
-        TlsConn(tls.into())
+        TlsConn(Box::new(tls.into()))
     }
 }
 
 impl From<tokio_rustls::client::TlsStream<TcpStream>> for TlsConn {
     fn from(tls: tokio_rustls::client::TlsStream<TcpStream>) -> Self {
-        TlsConn(tls.into())
+        TlsConn(Box::new(tls.into()))
     }
 }
 
 impl AsyncRead for TlsConn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let read = Pin::new(&mut self.0).poll_read(cx, buf);
+        let read = Pin::new(&mut *self.0).poll_read(cx, buf);
         if self.0.get_ref().1.wants_write() {
             // Best effort: a write error will surface on the next write or read.
-            let _ = Pin::new(&mut self.0).poll_flush(cx);
+            let _ = Pin::new(&mut *self.0).poll_flush(cx);
         }
         read
     }
@@ -51,19 +55,19 @@ impl AsyncRead for TlsConn {
 
 impl AsyncWrite for TlsConn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut *self.0).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut *self.0).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut *self.0).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut *self.0).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
