@@ -210,10 +210,7 @@ fn error_message(payload: &[u8]) -> String {
 
 /// Tells the client why, in MySQL's own terms, then ends with `outcome`.
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(client: &mut PacketStream<S>, seq: u8, code: u16, outcome: Outcome) -> Outcome {
-    let message = format!("strait: {}", match &outcome {
-        Outcome::Refused(_, m) | Outcome::Denied(m) | Outcome::UpstreamFailed(m) | Outcome::RelayFailed(m) => m.as_str(),
-        Outcome::Closed => "closed",
-    });
+    let message = format!("strait: {}", outcome.reason());
     let _ = client.write(&error_packet(seq, code, &message), "client").await;
     outcome
 }

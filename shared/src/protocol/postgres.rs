@@ -94,11 +94,7 @@ pub fn error_response(code: &str, message: &str) -> Vec<u8> {
 }
 
 async fn refuse<S: AsyncWrite + Unpin>(client: &mut S, code: &str, outcome: Outcome) -> Outcome {
-    let text = match &outcome {
-        Outcome::Refused(_, m) | Outcome::Denied(m) | Outcome::UpstreamFailed(m) | Outcome::RelayFailed(m) => m.clone(),
-        Outcome::Closed => "closed".into(),
-    };
-    let _ = client.write_all(&error_response(code, &format!("strait: {text}"))).await;
+    let _ = client.write_all(&error_response(code, &format!("strait: {}", outcome.reason()))).await;
     let _ = client.flush().await;
     outcome
 }
