@@ -124,6 +124,54 @@ pub struct ListenerConfig {
     /// Most connections open at once; beyond it new ones are closed at accept.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// TCP keepalive on accepted client connections.
+    #[serde(default)]
+    pub tcp_keepalive: TcpKeepalive,
+}
+
+/// TCP keepalive and the matching user timeout (Istio's DestinationRule
+/// `connectionPool.tcp.tcpKeepalive`): finds a peer that vanished without a FIN (a
+/// partitioned network, a node that died, a NAT that forgot the flow) within
+/// `time + interval * probes`, long before the idle timeout would. The same bound is set
+/// as `TCP_USER_TIMEOUT`, so a connection with unacknowledged data in flight (a bulk
+/// stream, where keepalive probes are never sent) is given up on as quickly.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TcpKeepalive {
+    /// Idle time before the first probe.
+    #[serde(default = "default_keepalive_time", with = "humantime_serde")]
+    pub time: Duration,
+    /// Time between probes.
+    #[serde(default = "default_keepalive_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped.
+    #[serde(default = "default_keepalive_probes")]
+    pub probes: u32,
+}
+
+impl Default for TcpKeepalive {
+    fn default() -> Self {
+        TcpKeepalive { time: default_keepalive_time(), interval: default_keepalive_interval(), probes: default_keepalive_probes() }
+    }
+}
+
+impl TcpKeepalive {
+    /// How long a silent peer can go unnoticed: the last probe's deadline.
+    pub fn bound(&self) -> Duration {
+        self.time + self.interval * self.probes
+    }
+}
+
+fn default_keepalive_time() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_keepalive_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_keepalive_probes() -> u32 {
+    9
 }
 
 /// Whether a TLS listener also takes plaintext (Istio PeerAuthentication `mtls.mode`).
@@ -189,6 +237,9 @@ pub struct RouteConfig {
     /// inside the protocol (MySQL Router's `client_ssl_mode`). Default: `required` when
     /// `downstream_tls` is set, `disabled` otherwise.
     pub downstream_ssl_mode: Option<SslMode>,
+    /// TCP keepalive on the upstream connections of this route.
+    #[serde(default)]
+    pub tcp_keepalive: TcpKeepalive,
 }
 
 /// What a route's bytes are.
@@ -571,6 +622,7 @@ impl Config {
         if listener.handshake_timeout.is_zero() {
             return Err(err("handshake_timeout", "must be more than 0 (it bounds how long a stranger can hold a connection)".into()));
         }
+        validate_keepalive(&listener.tcp_keepalive).map_err(|(field, msg)| err(field, msg))?;
         match &listener.tls {
             None => {
                 let in_protocol_tls = |name: &String| {
@@ -652,6 +704,7 @@ impl Config {
             let field = if route.connect_timeout.is_zero() { "connect_timeout" } else { "idle_timeout" };
             return Err(err(field, "must be more than 0 (a zero timeout would close every connection at once)".into()));
         }
+        validate_keepalive(&route.tcp_keepalive).map_err(|(field, msg)| err(field, msg))?;
         if split_host_port(&route.upstream).is_none() {
             return Err(err("upstream", format!("{:?} is not host:port", route.upstream)));
         }
@@ -793,6 +846,18 @@ impl fmt::Display for TlsMode {
     }
 }
 
+/// Keepalive settings that would never probe or would probe continuously are refused.
+fn validate_keepalive(k: &TcpKeepalive) -> Result<(), (&'static str, String)> {
+    if k.time < Duration::from_secs(1) || k.interval < Duration::from_secs(1) {
+        let field = if k.time < Duration::from_secs(1) { "tcp_keepalive.time" } else { "tcp_keepalive.interval" };
+        return Err((field, "must be at least 1s (the kernel counts keepalive in whole seconds)".into()));
+    }
+    if !(1..=127).contains(&k.probes) {
+        return Err(("tcp_keepalive.probes", "must be between 1 and 127 (the kernel's limit)".into()));
+    }
+    Ok(())
+}
+
 /// 1-based line and column of byte `offset` in `text`.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -876,6 +941,22 @@ upstream = "mysql.default.svc:3306"
         let text = format!("{EGRESS}\n[[route]]\nname = \"b\"\nhosts = [\"DB.example.com\"]\nupstream = \"x:1\"\nupstream_tls = {{ mode = \"disable\" }}\n");
         let e = parse(Role::Egress, &text).unwrap_err().to_string();
         assert!(e.contains("already claimed by route \"mysql\""), "{e}");
+    }
+
+    #[test]
+    fn keepalive_defaults_and_bounds() {
+        let c = parse(Role::Egress, EGRESS).unwrap();
+        let k = c.routes[0].get_ref().tcp_keepalive;
+        assert_eq!(k.bound(), Duration::from_secs(60 + 10 * 9), "today's values: 60 s, then 9 probes 10 s apart");
+        let text = EGRESS.replace("route = \"mysql\"", "route = \"mysql\"\ntcp_keepalive = { time = \"5s\", interval = \"1s\", probes = 3 }");
+        let c = parse(Role::Egress, &text).unwrap();
+        assert_eq!(c.listeners[1].get_ref().tcp_keepalive.bound(), Duration::from_secs(8));
+        let text = EGRESS.replace("route = \"mysql\"", "route = \"mysql\"\ntcp_keepalive = { time = \"500ms\" }");
+        let e = parse(Role::Egress, &text).unwrap_err().to_string();
+        assert!(e.contains("listener[1] (mysql).tcp_keepalive.time: must be at least 1s"), "{e}");
+        let text = EGRESS.replace("upstream = \"db.example.com:13306\"", "upstream = \"db.example.com:13306\"\ntcp_keepalive = { probes = 0 }");
+        let e = parse(Role::Egress, &text).unwrap_err().to_string();
+        assert!(e.contains("route[0] (mysql).tcp_keepalive.probes"), "{e}");
     }
 
     #[test]

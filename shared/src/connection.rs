@@ -25,11 +25,6 @@ use crate::upstream::{self, Stream};
 /// First byte of every TLS record carrying a handshake message (the ClientHello).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-/// TCP keepalive on both sides: finds peers that vanished without a FIN (a node that
-/// died, a NAT that forgot the flow) long before the idle timeout would.
-const KEEPALIVE_TIME: Duration = Duration::from_secs(60);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-
 /// What every connection of a process shares.
 pub struct Context {
     /// The current routing state; replaced whole on reload.
@@ -38,13 +33,6 @@ pub struct Context {
     pub resolver: Resolver,
     /// Which binary this is (labels metrics `outbound` or `inbound`).
     pub role: Role,
-}
-
-/// Sets the socket options every proxied TCP connection gets.
-pub fn tune_socket(tcp: &TcpStream) {
-    let _ = tcp.set_nodelay(true);
-    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_TIME).with_interval(KEEPALIVE_INTERVAL);
-    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
 }
 
 /// Serves one accepted connection to the end and logs it.
@@ -71,6 +59,7 @@ async fn serve(tcp: TcpStream, context: &Context, log: &mut AccessLog) -> Outcom
     let Some(plan) = table.listener(&log.listener) else {
         return Outcome::Refused(Refusal::ListenerRemoved, "listener was removed".into());
     };
+    crate::socket::tune(&tcp, &plan.keepalive);
     let (downstream, route) = match &plan.routing {
         Routing::Plain(route) => (Either::Left(tcp), route.clone()),
         // Boxed: the handshake's state is large and only needed until it completes, so

@@ -24,6 +24,7 @@ pub mod protocol;
 pub mod relay;
 pub mod resolve;
 pub mod route;
+pub mod socket;
 pub mod stream;
 pub mod telemetry;
 pub mod tls;

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{handle, tune_socket, Context};
+use crate::connection::{handle, Context};
 
 /// How often, at most, a listener logs that it is shedding connections.
 const SHED_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -61,7 +61,6 @@ impl AcceptLoop {
                 }
                 continue;
             };
-            tune_socket(&tcp);
             let (name, context) = (self.name.clone(), self.context.clone());
             self.tracker.spawn(async move {
                 handle(tcp, peer, name, context).await;

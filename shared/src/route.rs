@@ -17,7 +17,7 @@ use serde_spanned::Spanned;
 
 use crate::config::{split_host_port, Config, ConfigError, ListenerConfig, RouteConfig, TlsConfig, TlsMode};
 use crate::authz::{AllowList, Pattern};
-use crate::config::{PeerAuth, Protocol, SslMode};
+use crate::config::{PeerAuth, Protocol, SslMode, TcpKeepalive};
 use crate::tls;
 
 /// One destination, ready to connect to.
@@ -41,6 +41,8 @@ pub struct Route {
     pub protocol: Protocol,
     /// Database routes: client-side TLS inside the protocol, at plain listeners.
     pub downstream_ssl: DownstreamSsl,
+    /// Keepalive on upstream sockets.
+    pub keepalive: TcpKeepalive,
     /// Round-robin cursor over the resolved addresses.
     next_address: AtomicUsize,
 }
@@ -127,6 +129,8 @@ pub struct ListenerPlan {
     pub handshake_timeout: Duration,
     /// How it picks routes.
     pub routing: Routing,
+    /// Keepalive on accepted sockets.
+    pub keepalive: TcpKeepalive,
 }
 
 /// The whole routing state of a process: what a reload replaces.
@@ -164,6 +168,7 @@ impl RouteTable {
                 max_connections: listener.max_connections,
                 handshake_timeout: listener.handshake_timeout,
                 routing,
+                keepalive: listener.tcp_keepalive,
             }));
         }
         Ok(RouteTable { listeners, credentials: loaded.0.into_values().collect() })
@@ -220,6 +225,7 @@ fn build_route(config: &Config, i: usize, r: &Spanned<RouteConfig>, loaded: &mut
         idle_timeout: route.idle_timeout,
         protocol: route.protocol,
         downstream_ssl: build_downstream_ssl(config, i, r, loaded)?,
+        keepalive: route.tcp_keepalive,
         next_address: AtomicUsize::new(0),
     })
 }

@@ -63,7 +63,7 @@ pub async fn connect_tcp(route: &Route, resolver: &Resolver) -> Result<(TcpStrea
                 continue;
             }
         };
-        crate::connection::tune_socket(&tcp);
+        crate::socket::tune(&tcp, &route.keepalive);
         return Ok((tcp, *addr));
     }
     Err(UpstreamError::Connect(failures.join("; ")))
