@@ -213,9 +213,8 @@ pub struct Postgres {
 
 /// Directory of the PostgreSQL server binaries (Debian keeps them off PATH).
 fn pg_bin(program: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|entries| entries.flatten().map(|e| e.path().join("bin")).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir("/usr/lib/postgresql").map(|entries| entries.flatten().map(|e| e.path().join("bin")).collect()).unwrap_or_default();
     dirs.sort();
     let found = dirs.into_iter().rev().map(|d| d.join(program)).find(|p| p.exists());
     found.unwrap_or_else(|| panic!("PostgreSQL's `{program}` is not installed: run e2e/install-deps.sh (apt-get install postgresql)"))
@@ -311,10 +310,12 @@ impl Postgres {
 
     fn try_sql(&self, sql: &str) -> Result<String, String> {
         let mut command = Command::new("psql");
-        command
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres", "-h"])
-            .arg(&self.socket_dir)
-            .args(["-p", &self.port.to_string(), "-c", sql]);
+        command.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres", "-h"]).arg(&self.socket_dir).args([
+            "-p",
+            &self.port.to_string(),
+            "-c",
+            sql,
+        ]);
         let run = run_bounded(&command);
         if run.success {
             Ok(run.stdout)

@@ -128,10 +128,7 @@ impl KubeSecret {
 /// returns its name.
 fn write_payload(dir: &Path, files: &[(&str, &str)]) -> String {
     let micros = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_micros();
-    let name = (micros..)
-        .map(timestamp_dir_name)
-        .find(|name| !dir.join(name).exists())
-        .unwrap();
+    let name = (micros..).map(timestamp_dir_name).find(|name| !dir.join(name).exists()).unwrap();
     let payload = dir.join(&name);
     std::fs::create_dir(&payload).unwrap();
     for (file, contents) in files {
@@ -158,13 +155,7 @@ fn timestamp_dir_name(micros: u128) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "..{year:04}_{month:02}_{day:02}_{:02}_{:02}_{:02}.{:06}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        micros % 1_000_000
-    )
+    format!("..{year:04}_{month:02}_{day:02}_{:02}_{:02}_{:02}.{:06}", rem / 3600, rem % 3600 / 60, rem % 60, micros % 1_000_000)
 }
 
 /// The first certificate (the leaf) of a PEM chain file, DER.

@@ -92,12 +92,7 @@ impl Pki {
     /// Writes the reference certificates for [`SERVICE_HOST`].
     pub fn reference() -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let options = ReferenceOptions {
-            host: SERVICE_HOST.into(),
-            trust_domain: "cluster.local".into(),
-            days: 30,
-            key_type: KeyType::EcdsaP256,
-        };
+        let options = ReferenceOptions { host: SERVICE_HOST.into(), trust_domain: "cluster.local".into(), days: 30, key_type: KeyType::EcdsaP256 };
         strait::certs::write_reference(dir.path(), &options).unwrap();
         Pki { dir }
     }
@@ -132,9 +127,7 @@ impl Pki {
 }
 
 fn binary(name: &str) -> PathBuf {
-    let dir = std::env::var_os("STRAIT_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug")
-    });
+    let dir = std::env::var_os("STRAIT_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
     let path = dir.join(name);
     assert!(path.exists(), "{} is missing: build first (cargo build --workspace), or set STRAIT_BIN_DIR", path.display());
     path
@@ -298,11 +291,7 @@ impl MariaDb {
 
     /// Runs SQL as root over the unix socket: "read it back directly from MariaDB".
     pub fn root_sql(&self, sql: &str) -> String {
-        let out = Command::new("mariadb")
-            .arg(format!("--socket={}", self.socket.display()))
-            .args(["-uroot", "-N", "-B", "-e", sql])
-            .output()
-            .unwrap();
+        let out = Command::new("mariadb").arg(format!("--socket={}", self.socket.display())).args(["-uroot", "-N", "-B", "-e", sql]).output().unwrap();
         assert!(out.status.success(), "root SQL {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -458,10 +447,8 @@ pub fn plain_exchange(port: u16, message: &[u8]) -> std::io::Result<Vec<u8>> {
 /// A rustls client config presenting the Secret at `secret` and trusting `ca`.
 pub fn client_config(secret: Option<&Path>, ca: &Path) -> Arc<rustls::ClientConfig> {
     let roots = strait::tls::load_roots(ca).unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(strait::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
+    let builder =
+        rustls::ClientConfig::builder_with_provider(strait::tls::provider()).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots);
     let config = match secret {
         Some(dir) => {
             let chain = strait::tls::load_certs(&dir.join("tls.crt")).unwrap();
@@ -474,11 +461,7 @@ pub fn client_config(secret: Option<&Path>, ca: &Path) -> Arc<rustls::ClientConf
 }
 
 /// Connects with TLS to `127.0.0.1:port` sending `sni`; the handshake's result.
-pub fn tls_connect(
-    port: u16,
-    sni: &str,
-    config: Arc<rustls::ClientConfig>,
-) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+pub fn tls_connect(port: u16, sni: &str, config: Arc<rustls::ClientConfig>) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     let tcp = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
     let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).map_err(std::io::Error::other)?;
@@ -586,10 +569,10 @@ impl Pair {
     }
 }
 
+pub mod databases;
 pub mod digest;
 pub mod dns;
-pub mod redis;
-pub mod kube_secret;
 pub mod hostile;
+pub mod kube_secret;
 pub mod otlp;
-pub mod databases;
+pub mod redis;

@@ -62,10 +62,7 @@ fn metrics_count_a_mysql_query_through_the_pair() {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
     assert!(not_after > now + 29.0 * 86400.0 && not_after < now + 31.0 * 86400.0, "a 30-day certificate: {not_after} (now {now}):\n{egress}");
     let serial = openssl_serial(&pki.path("egress/tls.crt"));
-    let labelled = egress
-        .lines()
-        .find(|l| l.starts_with("strait_certificate_not_after_seconds{") && l.contains(&cert_file))
-        .unwrap();
+    let labelled = egress.lines().find(|l| l.starts_with("strait_certificate_not_after_seconds{") && l.contains(&cert_file)).unwrap();
     assert_eq!(normalise_serial(labelled), serial, "the serial label is the certificate's: {labelled}");
 
     // The ingress: inbound, mutual TLS verified.

@@ -67,9 +67,27 @@ fn only_identities_on_the_allow_list_reach_the_backend() {
 
     // Valid certificates from the trusted CA whose names are not on the list.
     let denied = [
-        Outsider { name: "other-namespace", cn: "api", dns: &[], uris: &["spiffe://cluster.local/ns/payments/sa/api"], shown: "spiffe://cluster.local/ns/payments/sa/api" },
-        Outsider { name: "other-trust-domain", cn: "client", dns: &[], uris: &["spiffe://evil.example/ns/default/sa/client"], shown: "spiffe://evil.example/ns/default/sa/client" },
-        Outsider { name: "no-service-account", cn: "client", dns: &[], uris: &["spiffe://cluster.local/ns/default/sa"], shown: "spiffe://cluster.local/ns/default/sa" },
+        Outsider {
+            name: "other-namespace",
+            cn: "api",
+            dns: &[],
+            uris: &["spiffe://cluster.local/ns/payments/sa/api"],
+            shown: "spiffe://cluster.local/ns/payments/sa/api",
+        },
+        Outsider {
+            name: "other-trust-domain",
+            cn: "client",
+            dns: &[],
+            uris: &["spiffe://evil.example/ns/default/sa/client"],
+            shown: "spiffe://evil.example/ns/default/sa/client",
+        },
+        Outsider {
+            name: "no-service-account",
+            cn: "client",
+            dns: &[],
+            uris: &["spiffe://cluster.local/ns/default/sa"],
+            shown: "spiffe://cluster.local/ns/default/sa",
+        },
         Outsider { name: "other-dns", cn: "egress", dns: &["intruder.db.strait.test"], uris: &[], shown: "intruder.db.strait.test" },
         Outsider { name: "other-cn", cn: "ops-console-2", dns: &[], uris: &[], shown: "CN=ops-console-2" },
     ];

@@ -34,10 +34,26 @@ impl OpensslCa {
         std::fs::create_dir_all(dir).unwrap();
         let ec = ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"];
         openssl(dir, &[&ec[..], &["ca.key"]].concat());
-        openssl(dir, &[
-            "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=Strait CRL Test CA", "-days", "30", "-out", "ca.crt",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                "ca.key",
+                "-subj",
+                "/CN=Strait CRL Test CA",
+                "-days",
+                "30",
+                "-out",
+                "ca.crt",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
         for (name, serial) in [("good", "0x1001"), ("revoked", "0x1002")] {
             let secret = dir.join(name);
             std::fs::create_dir_all(&secret).unwrap();
@@ -47,10 +63,27 @@ impl OpensslCa {
             std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
             openssl(dir, &[&ec[..], &[&format!("{name}/tls.key")]].concat());
             openssl(dir, &["req", "-new", "-key", &format!("{name}/tls.key"), "-subj", &format!("/CN={name}.client"), "-out", &format!("{name}.csr")]);
-            openssl(dir, &[
-                "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", serial,
-                "-days", "30", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}/tls.crt"),
-            ]);
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-set_serial",
+                    serial,
+                    "-days",
+                    "30",
+                    "-extfile",
+                    &format!("{name}.ext"),
+                    "-out",
+                    &format!("{name}/tls.crt"),
+                ],
+            );
         }
         std::fs::write(dir.join("index.txt"), "").unwrap();
         std::fs::write(dir.join("crlnumber"), "1000\n").unwrap();

@@ -63,7 +63,12 @@ fn every_bad_input_is_refused_with_its_file_or_field_and_a_fix() {
     refused(&pki, "non-pem", &ingress_with(&not_pem, &key, &ca, ""), &[not_pem.to_str().unwrap(), "holds no PEM certificate", "BEGIN CERTIFICATE"]);
 
     let other_key = pki.path("egress/tls.key");
-    refused(&pki, "key-mismatch", &ingress_with(&cert, &other_key, &ca, ""), &[other_key.to_str().unwrap(), "does not belong to the certificate", "same Secret"]);
+    refused(
+        &pki,
+        "key-mismatch",
+        &ingress_with(&cert, &other_key, &ca, ""),
+        &[other_key.to_str().unwrap(), "does not belong to the certificate", "same Secret"],
+    );
 
     let root = Authority::root("Expiry Test CA", KeyType::EcdsaP256, 30).unwrap();
     let mut expired = Leaf::new(SERVICE_HOST, Usage::Server, 1);

@@ -9,8 +9,7 @@ use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use strait_e2e::databases::{
-    connect_and_send, drain, mariadb_plain, mysql_ssl_request, psql, read_mysql_packet, FakeServer, LocalhostPki, PgTls,
-    Postgres, PG_SSL_REQUEST,
+    connect_and_send, drain, mariadb_plain, mysql_ssl_request, psql, read_mysql_packet, FakeServer, LocalhostPki, PgTls, Postgres, PG_SSL_REQUEST,
 };
 use strait_e2e::hostile::closed_by_gateway;
 use strait_e2e::*;
@@ -130,11 +129,8 @@ fn hostile_database_peers_lose_only_their_own_connection() {
     let pg = Postgres::start(PgTls::Off);
     pg.superuser_sql("CREATE USER app");
     let db = MariaDb::start();
-    let fakes = (
-        FakeServer::start(pg_s_then_injected).port,
-        FakeServer::start(mysql_oversized_greeting).port,
-        FakeServer::start(mysql_truncated_greeting).port,
-    );
+    let fakes =
+        (FakeServer::start(pg_s_then_injected).port, FakeServer::start(mysql_oversized_greeting).port, FakeServer::start(mysql_truncated_greeting).port);
     let p = Ports { pg_fake: free_port(), pg_term: free_port(), my_big: free_port(), my_short: free_port(), my_term: free_port() };
     let gateway = Gateway::start(strait_e2e::Role::Egress, pki.dir.path(), &egress(&pki, &certs, &p, fakes, pg.port, db.port));
     good_clients_served(&certs, &p, "start-up");

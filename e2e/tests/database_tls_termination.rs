@@ -70,10 +70,7 @@ fn mariadb_skip_ssl(port: u16, sql: &str) -> ClientRun {
 /// psql with `sslmode=verify-full` to `localhost:port` (address 127.0.0.1), presenting
 /// Secret `client` (none: no client certificate).
 fn psql_tls(certs: &LocalhostPki, port: u16, client: Option<&Path>, sql: &str) -> ClientRun {
-    let mut conninfo = format!(
-        "host=localhost hostaddr=127.0.0.1 port={port} user=app dbname=postgres sslmode=verify-full sslrootcert={}",
-        certs.ca.display()
-    );
+    let mut conninfo = format!("host=localhost hostaddr=127.0.0.1 port={port} user=app dbname=postgres sslmode=verify-full sslrootcert={}", certs.ca.display());
     if let Some(c) = client {
         conninfo.push_str(&format!(" sslcert={} sslkey={}", c.join("tls.crt").display(), c.join("tls.key").display()));
     }
@@ -139,9 +136,8 @@ fn native_tls_clients_are_terminated_in_front_of_plain_databases() {
     // a correct client (MySQL sends no answer to the SSL request to wait for).
     db.root_sql("CREATE USER nopw@'%';");
     for attempt in 0..3 {
-        let reply = mysql_login_with_coalesced_client_hello(&certs, ports.mysql_required, "nopw").unwrap_or_else(|e| {
-            panic!("attempt {attempt}: SSL request and ClientHello in one segment were refused: {e}\n{}", gateway.proc.output())
-        });
+        let reply = mysql_login_with_coalesced_client_hello(&certs, ports.mysql_required, "nopw")
+            .unwrap_or_else(|e| panic!("attempt {attempt}: SSL request and ClientHello in one segment were refused: {e}\n{}", gateway.proc.output()));
         assert_eq!(reply.first(), Some(&0x00), "the server's OK must come back over the terminated TLS: {reply:02x?}");
     }
 

@@ -163,7 +163,10 @@ fn ingress_diagnose_accepts_a_good_client_certificate_and_refuses_a_foreign_one(
     let (ok, out) = run_binary(Role::Ingress, &args);
     println!("{out}");
     assert!(!ok, "a foreign client certificate must fail:\n{out}");
-    assert!(out.contains(&format!("the server refused our client certificate (alert: unknown_ca): its client CA does not include the issuer of {cert}")), "{out}");
+    assert!(
+        out.contains(&format!("the server refused our client certificate (alert: unknown_ca): its client CA does not include the issuer of {cert}")),
+        "{out}"
+    );
 }
 
 /// The reference ingress in front of an echo server; returns (echo, its port, ingress).

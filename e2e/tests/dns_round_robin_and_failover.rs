@@ -50,11 +50,7 @@ fn two_a_records_share_the_load_and_a_dead_ingress_is_skipped() {
         .collect();
     let (plain_port, mesh_port) = (free_port(), free_port());
     let upstream = format!("{INGRESS_NAME}:{ingress_port}");
-    let egress = Gateway::start(
-        Role::Egress,
-        pki.dir.path(),
-        &egress_config(&pki, plain_port, mesh_port, &upstream, &dns.resolver_table()),
-    );
+    let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(&pki, plain_port, mesh_port, &upstream, &dns.resolver_table()));
 
     // Round robin: consecutive connections alternate between the two addresses.
     for i in 0..N {
@@ -98,18 +94,11 @@ fn a_name_without_an_answer_is_refused_and_logged() {
     let dns = Dnsmasq::start(&[(INGRESS_NAME, FIRST)]);
     let (plain_port, mesh_port, ingress_port) = (free_port(), free_port(), free_port());
     let upstream = format!("missing.strait.test:{ingress_port}");
-    let egress = Gateway::start(
-        Role::Egress,
-        pki.dir.path(),
-        &egress_config(&pki, plain_port, mesh_port, &upstream, &dns.resolver_table()),
-    );
+    let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(&pki, plain_port, mesh_port, &upstream, &dns.resolver_table()));
 
     // The client is accepted, then closed without a byte: nothing could be reached.
     let result = echo_through(plain_port, "anyone there?");
-    assert!(
-        matches!(result.as_deref(), Ok("") | Err(_)),
-        "the client got a reply from nowhere: {result:?}"
-    );
+    assert!(matches!(result.as_deref(), Ok("") | Err(_)), "the client got a reply from nowhere: {result:?}");
     let line = egress.wait_for_access_line(&["listener=mysql-plain", "outcome=upstream_failed"]);
     assert!(line.contains("no DNS answer"), "{line}");
     assert!(line.contains("missing.strait.test"), "{line}");

@@ -23,9 +23,7 @@ fn reply_after_client_half_close_crosses_both_hops() {
     stream.write_all(&request).unwrap();
     stream.shutdown(Shutdown::Write).unwrap();
     let mut reply = Vec::new();
-    stream
-        .read_to_end(&mut reply)
-        .unwrap_or_else(|e| panic!("no reply after half-close ({e}); egress log:\n{}", pair.egress.proc.output()));
+    stream.read_to_end(&mut reply).unwrap_or_else(|e| panic!("no reply after half-close ({e}); egress log:\n{}", pair.egress.proc.output()));
     assert_eq!(reply, digest_reply(&request), "the backend's digest of what it read, then EOF");
 
     // Both hops saw the whole request one way and the whole reply the other, and

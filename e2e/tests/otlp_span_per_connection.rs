@@ -21,9 +21,8 @@ fn a_relayed_connection_arrives_as_a_span_with_its_attributes() {
     assert_eq!(reply, b"one span per connection\n");
     traced.egress.wait_for_access_line(&["listener=mysql-plain", "outcome=closed"]);
 
-    let span = receiver.wait_for_span(ARRIVAL, "for the plain-port connection", |s| {
-        s.attr("strait.listener") == "mysql-plain" && s.attr("strait.outcome") == "closed"
-    });
+    let span = receiver
+        .wait_for_span(ARRIVAL, "for the plain-port connection", |s| s.attr("strait.listener") == "mysql-plain" && s.attr("strait.outcome") == "closed");
     println!("{span:#?}");
     assert_eq!(span.attr("strait.route"), "to-ingress", "{span:#?}");
     assert_eq!(span.attr("strait.direction"), "outbound", "{span:#?}");

@@ -33,11 +33,7 @@ fn plain_client_through_the_pair_into_a_tls_only_mariadb() {
     db.root_sql("CREATE USER app@'%' IDENTIFIED BY 'app' REQUIRE X509; GRANT ALL ON *.* TO app@'%';");
     let (plain, mesh, ingress_port) = (free_port(), free_port(), free_port());
     let ingress_gw = Gateway::start(strait_e2e::Role::Ingress, pki.dir.path(), &ingress(&pki, ingress_port, db.port));
-    let egress_gw = Gateway::start(
-        strait_e2e::Role::Egress,
-        pki.dir.path(),
-        &egress_config(&pki, plain, mesh, &format!("127.0.0.1:{ingress_port}"), ""),
-    );
+    let egress_gw = Gateway::start(strait_e2e::Role::Egress, pki.dir.path(), &egress_config(&pki, plain, mesh, &format!("127.0.0.1:{ingress_port}"), ""));
 
     mariadb_plain(plain, "app", "app", TUTORIAL_SQL).expect_ok("the tutorial's SQL through the pair");
     let row = mariadb_plain(plain, "app", "app", "SELECT content FROM test_encrypted_connection.message WHERE id = 1");

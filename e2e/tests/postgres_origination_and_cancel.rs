@@ -100,7 +100,8 @@ fn plain_psql_reaches_a_cert_only_postgres_and_cancel_works() {
     // The cancel was its own connection through the egress, next to the session's.
     // Lines so far: the first query, then the cancel and the cancelled session.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let closed_on_route = || gateway.access_log().iter().filter(|l| l.contains("route=tls-postgres") && l.contains("tls=upstream") && l.contains("outcome=closed")).count();
+    let closed_on_route =
+        || gateway.access_log().iter().filter(|l| l.contains("route=tls-postgres") && l.contains("tls=upstream") && l.contains("outcome=closed")).count();
     while closed_on_route() < 3 {
         assert!(Instant::now() < deadline, "the cancel request left no access-log line:\n{}", gateway.proc.output());
         std::thread::sleep(Duration::from_millis(20));

@@ -13,8 +13,7 @@ fn plain_redis_cli_reaches_mtls_only_redis_through_the_egress() {
     let dir = tempfile::tempdir().unwrap();
     let plain_port = free_port();
     let upstream = format!("127.0.0.1:{}", redis.tls_port);
-    let config = plain_listener("redis-plain", plain_port, "redis")
-        + &origination_route("redis", &upstream, &redis.client_secret, REDIS_HOST);
+    let config = plain_listener("redis-plain", plain_port, "redis") + &origination_route("redis", &upstream, &redis.client_secret, REDIS_HOST);
     let egress = Gateway::start(Role::Egress, dir.path(), &config);
 
     let (ok, out) = redis_cli(plain_port, &["SET", "foo", "bar"]);

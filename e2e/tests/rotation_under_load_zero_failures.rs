@@ -160,7 +160,12 @@ fn rotating_server_client_and_ca_under_load_fails_no_connection() {
     for (name, ingress_latency, egress_latency) in &latencies {
         println!("reload after {name:?}: ingress {ingress_latency:?}, egress {egress_latency:?} (file change -> \"reloaded\" log line)");
     }
-    assert!(failures.is_empty(), "{} of {total} connections failed, first ones:\n{}", failures.len(), failures.iter().take(10).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {total} connections failed, first ones:\n{}",
+        failures.len(),
+        failures.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+    );
     // The load really ran through every step.
     assert!(made_at_step.windows(2).all(|w| w[1] > w[0]), "connections completed during every phase: {made_at_step:?}");
     for gateway in [&ingress, &egress] {
@@ -220,9 +225,7 @@ impl SqlSession {
         let stdin = self.stdin.as_mut().unwrap();
         writeln!(stdin, "{sql}").unwrap();
         stdin.flush().unwrap();
-        self.lines
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("no answer to {sql:?} on the long-lived connection: {e}"))
+        self.lines.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|e| panic!("no answer to {sql:?} on the long-lived connection: {e}"))
     }
 
     /// Ends the session with `quit` and requires a clean exit.

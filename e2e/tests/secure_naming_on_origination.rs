@@ -55,11 +55,16 @@ fn origination_checks_the_servers_names_against_subject_alt_names() {
     let server = ca.issue("ingress", &leaf("ingress-gateway", Usage::Server, &[], &[INGRESS_ID]));
     let client = ca.issue("egress", &leaf("egress", Usage::Client, &[&format!("client.{SERVICE_HOST}")], &[]));
     let ingress_port = free_port();
-    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &format!(
-        "[[listener]]\nname = \"mtls\"\naddress = \"127.0.0.1:{ingress_port}\"\ntls = {{ mode = \"mutual\", dir = \"{}\" }}\n\n\
+    let ingress = Gateway::start(
+        Role::Ingress,
+        pki.dir.path(),
+        &format!(
+            "[[listener]]\nname = \"mtls\"\naddress = \"127.0.0.1:{ingress_port}\"\ntls = {{ mode = \"mutual\", dir = \"{}\" }}\n\n\
          [[route]]\nname = \"db\"\nhosts = [\"{SERVICE_HOST}\"]\nupstream = \"127.0.0.1:{}\"\n",
-        server.display(), echo.port
-    ));
+            server.display(),
+            echo.port
+        ),
+    );
 
     let [exact, glob, unlisted, hostname, both] = [free_port(), free_port(), free_port(), free_port(), free_port()];
     let listed = format!(", subject_alt_names = [\"{INGRESS_ID}\"]");
@@ -111,5 +116,8 @@ fn origination_checks_the_servers_names_against_subject_alt_names() {
 
     // Last, so every behaviour above is checked first: the operator reads why in the
     // access log — the names the server presented and the setting they failed.
-    assert!(unlisted_line.contains("none of which is in upstream_tls.subject_alt_names"), "the refusal should say it failed subject_alt_names: {unlisted_line}");
+    assert!(
+        unlisted_line.contains("none of which is in upstream_tls.subject_alt_names"),
+        "the refusal should say it failed subject_alt_names: {unlisted_line}"
+    );
 }

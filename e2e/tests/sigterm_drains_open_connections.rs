@@ -68,10 +68,7 @@ fn start(pki: &Pki, extra: &str) -> (Gateway, Gateway, u16) {
     let (ingress, ingress_port) = Gateway::reference_ingress(pki, echo.port);
     let port = free_port();
     let upstream = format!("127.0.0.1:{ingress_port}");
-    let config = plain_listener("plain", port, "to-ingress")
-        + &origination_route("to-ingress", &upstream, &pki.path("egress"), SERVICE_HOST)
-        + "\n"
-        + extra;
+    let config = plain_listener("plain", port, "to-ingress") + &origination_route("to-ingress", &upstream, &pki.path("egress"), SERVICE_HOST) + "\n" + extra;
     let egress = Gateway::start(Role::Egress, pki.dir.path(), &config);
     (ingress, egress, port)
 }

@@ -104,7 +104,11 @@ fn unfinished_handshakes_are_closed_by_the_timeout_and_do_not_block_good_clients
     let good_done = since.elapsed();
     // None of the five hundred has been closed yet: the good client really went
     // through while they were all holding the listener.
-    assert_eq!(timeouts(&ingress), 3.0, "the flood timed out before the good client finished ({good_done:?} after the first connect, {opened:?} to open them all)");
+    assert_eq!(
+        timeouts(&ingress),
+        3.0,
+        "the flood timed out before the good client finished ({good_done:?} after the first connect, {opened:?} to open them all)"
+    );
     for stream in &mut flood {
         stream.set_nonblocking(true).unwrap();
         let peeked = stream.peek(&mut [0u8; 1]);
@@ -117,7 +121,10 @@ fn unfinished_handshakes_are_closed_by_the_timeout_and_do_not_block_good_clients
     }
     let all_closed = since.elapsed();
     assert!(all_closed >= Duration::from_millis(1500), "the flood was closed after {all_closed:?}, before the timeout");
-    assert_eq!(wait_for_metric(&ingress, "strait_handshake_failures_total", &[("listener", "mtls"), ("reason", "timeout")], 3.0 + FLOOD as f64), 3.0 + FLOOD as f64);
+    assert_eq!(
+        wait_for_metric(&ingress, "strait_handshake_failures_total", &[("listener", "mtls"), ("reason", "timeout")], 3.0 + FLOOD as f64),
+        3.0 + FLOOD as f64
+    );
     let lines = wait_for_lines(&ingress, &["outcome=refused", "TLS handshake not completed within 2s"], 3 + FLOOD);
     assert_eq!(lines.len(), 3 + FLOOD, "one line per timed-out handshake");
     drop(flood);

@@ -8,10 +8,7 @@
 
 use std::path::Path;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
 use time::{Duration, OffsetDateTime};
 
 /// Why certificates could not be made or written.
@@ -22,10 +19,7 @@ pub enum CertsError {
     Generate { name: String, source: rcgen::Error },
     /// The output could not be written.
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: std::path::PathBuf, source: std::io::Error },
 }
 
 /// Key algorithm for every key made.
@@ -250,12 +244,7 @@ mod tests {
     #[test]
     fn reference_layout_loads_and_names_identities() {
         let dir = std::env::temp_dir().join(format!("strait-certs-{}", std::process::id()));
-        let options = ReferenceOptions {
-            host: "db.example.com".into(),
-            trust_domain: "cluster.local".into(),
-            days: 30,
-            key_type: KeyType::EcdsaP256,
-        };
+        let options = ReferenceOptions { host: "db.example.com".into(), trust_domain: "cluster.local".into(), days: 30, key_type: KeyType::EcdsaP256 };
         write_reference(&dir, &options).unwrap();
         for secret in ["ingress", "egress", "mesh/egress", "mesh/client"] {
             let d = dir.join(secret);

@@ -119,19 +119,10 @@ pub fn main(role: Role) -> ExitCode {
 }
 
 fn run(role: Role, cli: Cli) -> anyhow::Result<()> {
-    let config_path = || {
-        cli.config
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("no configuration: pass --config FILE or set STRAIT_CONFIG"))
-    };
+    let config_path = || cli.config.clone().ok_or_else(|| anyhow::anyhow!("no configuration: pass --config FILE or set STRAIT_CONFIG"));
     match cli.command {
         Some(Command::Certs(args)) => {
-            let options = ReferenceOptions {
-                host: args.host,
-                trust_domain: args.trust_domain,
-                days: args.days,
-                key_type: args.key_type,
-            };
+            let options = ReferenceOptions { host: args.host, trust_domain: args.trust_domain, days: args.days, key_type: args.key_type };
             crate::certs::write_reference(&args.out, &options)?;
             println!("wrote the reference certificates to {}", args.out.display());
         }
@@ -148,12 +139,7 @@ fn run(role: Role, cli: Cli) -> anyhow::Result<()> {
             let path = config_path()?;
             let config = Config::load(&path, role)?;
             let table = crate::gateway::check(&config)?;
-            println!(
-                "{}: OK ({} listeners, {} routes, every credential loaded)",
-                path.display(),
-                table.listeners.len(),
-                config.routes.len()
-            );
+            println!("{}: OK ({} listeners, {} routes, every credential loaded)", path.display(), table.listeners.len(), config.routes.len());
         }
         None => {
             let path = config_path()?;
@@ -175,19 +161,11 @@ async fn diagnose(role: Role, config: &Config, args: DiagnoseArgs) -> anyhow::Re
     let (Some(sni), Some(cert), Some(key)) = (args.sni, args.cert, args.key) else {
         anyhow::bail!("strait-ingress diagnose --sni HOST --cert FILE --key FILE [--ca FILE] [--address ADDR]");
     };
-    let listener = config
-        .listeners
-        .iter()
-        .map(|l| l.get_ref())
-        .find(|l| l.tls.is_some())
-        .ok_or_else(|| anyhow::anyhow!("the config has no TLS listener"))?;
+    let listener = config.listeners.iter().map(|l| l.get_ref()).find(|l| l.tls.is_some()).ok_or_else(|| anyhow::anyhow!("the config has no TLS listener"))?;
     let mut address = args.address.or(listener.address).ok_or_else(|| anyhow::anyhow!("give --address"))?;
     if address.ip().is_unspecified() {
         address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let ca = args
-        .ca
-        .or_else(|| listener.tls.as_ref().and_then(|t| t.paths().ca))
-        .ok_or_else(|| anyhow::anyhow!("give --ca: the listener names no CA"))?;
+    let ca = args.ca.or_else(|| listener.tls.as_ref().and_then(|t| t.paths().ca)).ok_or_else(|| anyhow::anyhow!("give --ca: the listener names no CA"))?;
     Ok(crate::diagnose::client(config, address, sni, cert, key, ca).await)
 }

@@ -48,27 +48,13 @@ impl Role {
 pub enum ConfigError {
     /// The file could not be read at all.
     #[error("{file}: cannot read the configuration: {source}")]
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
+    Read { file: PathBuf, source: std::io::Error },
     /// TOML syntax, an unknown field, or a value of the wrong type.
     #[error("{file}:{line}:{column}: {message}")]
-    Parse {
-        file: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Parse { file: PathBuf, line: usize, column: usize, message: String },
     /// The file parsed but says something inconsistent or unsafe.
     #[error("{file}:{line}:{column}: {field}: {message}")]
-    Invalid {
-        file: PathBuf,
-        line: usize,
-        column: usize,
-        field: String,
-        message: String,
-    },
+    Invalid { file: PathBuf, line: usize, column: usize, field: String, message: String },
 }
 
 /// The whole file as written (after role defaults are applied by [`Config::load`]).
@@ -400,10 +386,7 @@ pub struct ProcessSettings {
 
 impl Default for ProcessSettings {
     fn default() -> Self {
-        ProcessSettings {
-            drain_timeout: default_drain_timeout(),
-            cert_warning_window: default_cert_warning_window(),
-        }
+        ProcessSettings { drain_timeout: default_drain_timeout(), cert_warning_window: default_cert_warning_window() }
     }
 }
 
@@ -477,10 +460,7 @@ pub fn split_host_port(s: &str) -> Option<(String, u16)> {
 impl Config {
     /// Reads, parses and validates `path` for `role`.
     pub fn load(path: &Path, role: Role) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_owned(), source })?;
         Self::parse(path, text, role)
     }
 
@@ -488,12 +468,7 @@ impl Config {
     pub fn parse(path: &Path, text: String, role: Role) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(&text).map_err(|e| {
             let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
-            ConfigError::Parse {
-                file: path.to_owned(),
-                line,
-                column,
-                message: e.message().to_owned(),
-            }
+            ConfigError::Parse { file: path.to_owned(), line, column, message: e.message().to_owned() }
         })?;
         config.path = path.to_owned();
         config.source = text;
@@ -512,10 +487,7 @@ impl Config {
         }
         if role == Role::Ingress {
             for r in &mut self.routes {
-                r.get_mut().upstream_tls.get_or_insert_with(|| TlsConfig {
-                    mode: Some(TlsMode::Disable),
-                    ..TlsConfig::default()
-                });
+                r.get_mut().upstream_tls.get_or_insert_with(|| TlsConfig { mode: Some(TlsMode::Disable), ..TlsConfig::default() });
             }
         }
     }
@@ -523,27 +495,15 @@ impl Config {
     /// Builds an [`ConfigError::Invalid`] pointing at the start of `span`.
     fn invalid(&self, span: std::ops::Range<usize>, field: String, message: String) -> ConfigError {
         let (line, column) = line_col(&self.source, span.start);
-        ConfigError::Invalid {
-            file: self.path.clone(),
-            line,
-            column,
-            field,
-            message,
-        }
+        ConfigError::Invalid { file: self.path.clone(), line, column, field, message }
     }
 
     fn validate(&self, role: Role) -> Result<(), ConfigError> {
         if self.listeners.is_empty() {
             return Err(self.invalid(0..0, "listener".into(), "no [[listener]] is defined".into()));
         }
-        let route_names = self.unique_names(
-            self.routes.iter().map(|r| (r.span(), r.get_ref().name.as_str())),
-            "route",
-        )?;
-        let listener_names = self.unique_names(
-            self.listeners.iter().map(|l| (l.span(), l.get_ref().name.as_str())),
-            "listener",
-        )?;
+        let route_names = self.unique_names(self.routes.iter().map(|r| (r.span(), r.get_ref().name.as_str())), "route")?;
+        let listener_names = self.unique_names(self.listeners.iter().map(|l| (l.span(), l.get_ref().name.as_str())), "listener")?;
         let mut addresses = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let at = |field: &str| format!("listener[{i}] ({}).{field}", l.get_ref().name);
@@ -562,9 +522,13 @@ impl Config {
                 for listener in self.tls_listeners_of(route) {
                     let key = (listener.to_owned(), host.to_ascii_lowercase());
                     if let Some(other) = hosts.insert(key, &route.name) {
-                        return Err(self.invalid(r.span(), at("hosts"), format!(
-                            "SNI host {host:?} is already claimed by route {other:?} at listener {listener:?}; each host selects one route per listener"
-                        )));
+                        return Err(self.invalid(
+                            r.span(),
+                            at("hosts"),
+                            format!(
+                                "SNI host {host:?} is already claimed by route {other:?} at listener {listener:?}; each host selects one route per listener"
+                            ),
+                        ));
                     }
                 }
             }
@@ -572,11 +536,7 @@ impl Config {
         Ok(())
     }
 
-    fn unique_names<'a>(
-        &self,
-        names: impl Iterator<Item = (std::ops::Range<usize>, &'a str)>,
-        kind: &str,
-    ) -> Result<HashSet<&'a str>, ConfigError> {
+    fn unique_names<'a>(&self, names: impl Iterator<Item = (std::ops::Range<usize>, &'a str)>, kind: &str) -> Result<HashSet<&'a str>, ConfigError> {
         let mut seen = HashSet::new();
         for (i, (span, name)) in names.enumerate() {
             if name.is_empty() {
@@ -599,13 +559,7 @@ impl Config {
             .map(|l| l.name.as_str())
     }
 
-    fn validate_listener(
-        &self,
-        role: Role,
-        l: &Spanned<ListenerConfig>,
-        routes: &HashSet<&str>,
-        at: &dyn Fn(&str) -> String,
-    ) -> Result<(), ConfigError> {
+    fn validate_listener(&self, role: Role, l: &Spanned<ListenerConfig>, routes: &HashSet<&str>, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
         let span = l.span();
         let listener = l.get_ref();
         let err = |field: &str, msg: String| self.invalid(span.clone(), at(field), msg);
@@ -626,7 +580,10 @@ impl Config {
         match &listener.tls {
             None => {
                 let in_protocol_tls = |name: &String| {
-                    self.routes.iter().map(|r| r.get_ref()).any(|r| &r.name == name && r.protocol != Protocol::Tcp && r.downstream_ssl_mode() != SslMode::Disabled)
+                    self.routes
+                        .iter()
+                        .map(|r| r.get_ref())
+                        .any(|r| &r.name == name && r.protocol != Protocol::Tcp && r.downstream_ssl_mode() != SslMode::Disabled)
                 };
                 if role == Role::Ingress && !listener.route.as_ref().is_some_and(in_protocol_tls) {
                     return Err(err("tls", "an ingress listener must terminate TLS: add tls = { mode = \"mutual\", dir = ... }, or route to a database route that negotiates TLS inside its protocol (downstream_tls)".into()));
@@ -640,7 +597,10 @@ impl Config {
                 known(route, "route")?;
                 let no_identity = |r: &RouteConfig| r.protocol == Protocol::Tcp || r.downstream_ssl_mode() != SslMode::Required;
                 if self.routes.iter().any(|r| &r.get_ref().name == route && !r.get_ref().allow.is_empty() && no_identity(r.get_ref())) {
-                    return Err(err("route", format!("route {route:?} has an `allow` list, but a plain listener has no client identity to check: it would refuse everyone")));
+                    return Err(err(
+                        "route",
+                        format!("route {route:?} has an `allow` list, but a plain listener has no client identity to check: it would refuse everyone"),
+                    ));
                 }
                 if listener.default_route.is_some() {
                     return Err(err("default_route", "only TLS listeners have a default route; a plain listener uses `route`".into()));
@@ -657,7 +617,10 @@ impl Config {
                     known(d, "default_route")?;
                 }
                 if listener.peer_auth != PeerAuth::Strict && listener.default_route.is_none() {
-                    return Err(err("default_route", "plaintext clients cannot send SNI: peer_auth \"permissive\" or \"disable\" needs the route they take".into()));
+                    return Err(err(
+                        "default_route",
+                        "plaintext clients cannot send SNI: peer_auth \"permissive\" or \"disable\" needs the route they take".into(),
+                    ));
                 }
                 self.validate_tls_policy(tls, &|field, msg| err(field, msg), "tls")?;
                 if tls.subject_alt_names.is_some() || tls.verify_hostname.is_some() {
@@ -666,7 +629,10 @@ impl Config {
                 match tls.mode {
                     Some(TlsMode::Mutual | TlsMode::Simple) => {}
                     Some(TlsMode::Disable) => {
-                        return Err(err("tls.mode", "a listener with `tls` terminates TLS: use \"mutual\" or \"simple\", or remove `tls` for a plain listener".into()))
+                        return Err(err(
+                            "tls.mode",
+                            "a listener with `tls` terminates TLS: use \"mutual\" or \"simple\", or remove `tls` for a plain listener".into(),
+                        ))
                     }
                     None => return Err(err("tls.mode", "missing: \"mutual\" (client certificates required) or \"simple\"".into())),
                 }
@@ -680,7 +646,10 @@ impl Config {
                 let routes_with_allow = self.routes.iter().map(|r| r.get_ref()).filter(|r| !r.allow.is_empty());
                 if tls.mode == Some(TlsMode::Simple) {
                     if let Some(r) = routes_with_allow.into_iter().find(|r| self.tls_listeners_of(r).any(|n| n == listener.name)) {
-                        return Err(err("tls.mode", format!("route {:?} has an `allow` list, but mode \"simple\" asks no client certificate: use \"mutual\"", r.name)));
+                        return Err(err(
+                            "tls.mode",
+                            format!("route {:?} has an `allow` list, but mode \"simple\" asks no client certificate: use \"mutual\"", r.name),
+                        ));
                     }
                 }
                 if tls.mode == Some(TlsMode::Mutual) && p.ca.is_none() {
@@ -691,12 +660,7 @@ impl Config {
         Ok(())
     }
 
-    fn validate_route(
-        &self,
-        r: &Spanned<RouteConfig>,
-        listeners: &HashSet<&str>,
-        at: &dyn Fn(&str) -> String,
-    ) -> Result<(), ConfigError> {
+    fn validate_route(&self, r: &Spanned<RouteConfig>, listeners: &HashSet<&str>, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
         let span = r.span();
         let route = r.get_ref();
         let err = |field: &str, msg: String| self.invalid(span.clone(), at(field), msg);
@@ -720,7 +684,11 @@ impl Config {
         }
         match &route.upstream_tls {
             None => {
-                return Err(err("upstream_tls", "the egress originates TLS: add upstream_tls = { mode = \"mutual\", dir = ... } or, to send plaintext on purpose, mode = \"disable\"".into()));
+                return Err(err(
+                    "upstream_tls",
+                    "the egress originates TLS: add upstream_tls = { mode = \"mutual\", dir = ... } or, to send plaintext on purpose, mode = \"disable\""
+                        .into(),
+                ));
             }
             Some(tls) => {
                 let p = tls.paths();
@@ -728,7 +696,10 @@ impl Config {
                     None => return Err(err("upstream_tls.mode", "missing: \"mutual\", \"simple\" or \"disable\"".into())),
                     Some(TlsMode::Disable) => {
                         if p != CredentialPaths::default() || tls.sni.is_some() {
-                            return Err(err("upstream_tls", "mode \"disable\" sends plaintext: remove the credential fields or pick \"simple\"/\"mutual\"".into()));
+                            return Err(err(
+                                "upstream_tls",
+                                "mode \"disable\" sends plaintext: remove the credential fields or pick \"simple\"/\"mutual\"".into(),
+                            ));
                         }
                     }
                     Some(mode) => {
@@ -736,7 +707,10 @@ impl Config {
                             return Err(err("upstream_tls.ca", "origination verifies the server: give `ca` (or `dir` holding ca.crt)".into()));
                         }
                         if mode == TlsMode::Mutual && (p.cert.is_none() || p.key.is_none()) {
-                            return Err(err("upstream_tls", "mode \"mutual\" presents a client certificate: give `cert` and `key` (or `dir` holding tls.crt and tls.key)".into()));
+                            return Err(err(
+                                "upstream_tls",
+                                "mode \"mutual\" presents a client certificate: give `cert` and `key` (or `dir` holding tls.crt and tls.key)".into(),
+                            ));
                         }
                     }
                 }
@@ -751,12 +725,18 @@ impl Config {
                 return Err(err("upstream_tls.ca_crl", "revocation lists apply to client certificates: set ca_crl on the listener's tls".into()));
             }
             if tls.verify_hostname.is_some() && tls.subject_alt_names.is_none() {
-                return Err(err("upstream_tls.verify_hostname", "only meaningful with subject_alt_names (without them the host name is always verified)".into()));
+                return Err(err(
+                    "upstream_tls.verify_hostname",
+                    "only meaningful with subject_alt_names (without them the host name is always verified)".into(),
+                ));
             }
         }
         if let Some(tls) = &route.downstream_tls {
             if tls.subject_alt_names.is_some() || tls.verify_hostname.is_some() {
-                return Err(err("downstream_tls.subject_alt_names", "server names are checked on origination (upstream_tls); clients are restricted with `allow`".into()));
+                return Err(err(
+                    "downstream_tls.subject_alt_names",
+                    "server names are checked on origination (upstream_tls); clients are restricted with `allow`".into(),
+                ));
             }
             if tls.cipher_suites.is_some() || tls.min_version != TlsVersion::default() {
                 return Err(err("downstream_tls", "versions and cipher suites are the listener's: set them in the listener's tls".into()));
@@ -809,15 +789,13 @@ impl Config {
         files
     }
 
-    fn validate_tls_policy(
-        &self,
-        tls: &TlsConfig,
-        err: &dyn Fn(&str, String) -> ConfigError,
-        at: &str,
-    ) -> Result<(), ConfigError> {
+    fn validate_tls_policy(&self, tls: &TlsConfig, err: &dyn Fn(&str, String) -> ConfigError, at: &str) -> Result<(), ConfigError> {
         for name in tls.cipher_suites.iter().flatten() {
             if crate::tls::cipher_suite(name).is_none() {
-                return Err(err(&format!("{at}.cipher_suites"), format!("unknown cipher suite {name:?}; known: {}", crate::tls::cipher_suite_names().join(", "))));
+                return Err(err(
+                    &format!("{at}.cipher_suites"),
+                    format!("unknown cipher suite {name:?}; known: {}", crate::tls::cipher_suite_names().join(", ")),
+                ));
             }
         }
         if tls.cipher_suites.as_ref().is_some_and(|s| s.is_empty()) {
@@ -923,7 +901,9 @@ upstream_tls = { mode = "mutual", dir = "/certs/client" }
 
     #[test]
     fn ingress_defaults_to_plain_backend_and_13306() {
-        let c = parse(Role::Ingress, r#"
+        let c = parse(
+            Role::Ingress,
+            r#"
 [[listener]]
 name = "mtls"
 tls = { mode = "mutual", dir = "/certs/server" }
@@ -931,7 +911,9 @@ tls = { mode = "mutual", dir = "/certs/server" }
 name = "mysql"
 hosts = ["db.example.com"]
 upstream = "mysql.default.svc:3306"
-"#).unwrap();
+"#,
+        )
+        .unwrap();
         assert_eq!(c.listeners[0].get_ref().address.unwrap().port(), 13306);
         assert_eq!(c.routes[0].get_ref().upstream_tls.as_ref().unwrap().mode, Some(TlsMode::Disable));
     }

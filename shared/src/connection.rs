@@ -15,8 +15,8 @@ use tokio_util::either::Either;
 
 use crate::access_log::{AccessLog, Outcome, Refusal};
 use crate::config::{PeerAuth, Protocol, Role};
-use crate::metrics;
 use crate::identity::Identity;
+use crate::metrics;
 use crate::relay::relay;
 use crate::resolve::Resolver;
 use crate::route::{Route, Routing, TlsRouting};
@@ -164,12 +164,7 @@ async fn starts_with_tls(tcp: &TcpStream, deadline: tokio::time::Instant, limit:
 
 /// Reads the ClientHello, picks the route by SNI and completes the handshake with that
 /// route's certificate, all before `deadline`.
-async fn accept_tls(
-    tcp: TcpStream,
-    routing: &TlsRouting,
-    deadline: tokio::time::Instant,
-    log: &mut AccessLog,
-) -> Result<(Stream, Arc<Route>), Outcome> {
+async fn accept_tls(tcp: TcpStream, routing: &TlsRouting, deadline: tokio::time::Instant, log: &mut AccessLog) -> Result<(Stream, Arc<Route>), Outcome> {
     let timed_out = || Outcome::Refused(Refusal::Timeout, format!("TLS handshake not completed within {:?}", routing.handshake_timeout));
     let start = timeout_at(deadline, LazyConfigAcceptor::new(Acceptor::default(), tcp))
         .await

@@ -103,9 +103,7 @@ async fn run(mut out: String, config: &Config, probe: &Probe) -> Report {
                 step(&mut out, started, format!("TCP {addr}: connected"));
                 reachable.get_or_insert((tcp, *addr));
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                step(&mut out, started, format!("TCP {addr}: refused (nothing listens there)"))
-            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => step(&mut out, started, format!("TCP {addr}: refused (nothing listens there)")),
             Ok(Err(e)) => step(&mut out, started, format!("TCP {addr}: {e}")),
             Err(_) => step(&mut out, started, format!("TCP {addr}: no answer within 5 s (filtered, or the host is down)")),
         }
@@ -285,7 +283,15 @@ fn describe_chain(out: &mut String, chain: &[CertificateDer<'_>]) {
     let _ = writeln!(out, "  server chain:");
     for (i, cert) in chain.iter().enumerate() {
         if let Some(c) = Described::of(cert) {
-            let _ = writeln!(out, "    {i}: subject {}\n       issuer  {}\n       SANs    [{}]\n       expires {} ({})", c.subject, c.issuer, c.sans.join(", "), c.not_after, c.left);
+            let _ = writeln!(
+                out,
+                "    {i}: subject {}\n       issuer  {}\n       SANs    [{}]\n       expires {} ({})",
+                c.subject,
+                c.issuer,
+                c.sans.join(", "),
+                c.not_after,
+                c.left
+            );
         }
     }
 }

@@ -44,11 +44,7 @@ pub enum StartError {
     Resolve(#[from] crate::resolve::ResolveError),
     /// A listener's address could not be bound.
     #[error("listener {name:?}: cannot bind {address}: {source}")]
-    Bind {
-        name: String,
-        address: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { name: String, address: SocketAddr, source: std::io::Error },
     /// Signal handlers or the file watcher could not be installed.
     #[error("cannot set up {what}: {reason}")]
     Setup { what: &'static str, reason: String },
@@ -118,9 +114,11 @@ pub async fn run(config_path: PathBuf, role: Role, admin_address: Option<SocketA
     let mut gateway = Gateway::start(config_path, role, changes_tx).await?;
     if gateway.admin_settings.enabled {
         let address = admin_address.unwrap_or(gateway.admin_settings.address);
-        let bound = admin::serve(address, gateway.admin.clone(), gateway.admin_stop.clone())
-            .await
-            .map_err(|source| StartError::Bind { name: "admin".into(), address, source })?;
+        let bound = admin::serve(address, gateway.admin.clone(), gateway.admin_stop.clone()).await.map_err(|source| StartError::Bind {
+            name: "admin".into(),
+            address,
+            source,
+        })?;
         tracing::info!(address = %bound, "admin listening");
         gateway.admin_bound = Some(bound);
         gateway.refresh_dump(None);
@@ -236,11 +234,7 @@ impl Gateway {
             if self.listeners.get(&plan.name).is_some_and(|b| b.address == plan.address) {
                 continue;
             }
-            let socket = TcpListener::bind(plan.address).await.map_err(|source| StartError::Bind {
-                name: plan.name.clone(),
-                address: plan.address,
-                source,
-            })?;
+            let socket = TcpListener::bind(plan.address).await.map_err(|source| StartError::Bind { name: plan.name.clone(), address: plan.address, source })?;
             fresh.push((plan.clone(), socket));
         }
         self.log_credentials(&table);

@@ -23,15 +23,8 @@ impl Identity {
         let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
             return Identity::default();
         };
-        let mut id = Identity {
-            common_name: parsed
-                .subject()
-                .iter_common_name()
-                .next()
-                .and_then(|cn| cn.as_str().ok())
-                .map(str::to_owned),
-            ..Identity::default()
-        };
+        let mut id =
+            Identity { common_name: parsed.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned), ..Identity::default() };
         if let Ok(Some(san)) = parsed.subject_alternative_name() {
             for name in &san.value.general_names {
                 match name {

@@ -92,10 +92,7 @@ impl ConnectionLimit {
     /// Counts one more open connection, unless the limit is reached.
     pub fn try_acquire(self: &Arc<Self>) -> Option<OpenConnection> {
         let limit = self.limit.load(Ordering::Relaxed);
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < limit).then_some(open + 1))
-            .ok()
-            .map(|_| OpenConnection(self.clone()))
+        self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < limit).then_some(open + 1)).ok().map(|_| OpenConnection(self.clone()))
     }
 }
 

@@ -15,8 +15,8 @@ use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::ServerName;
 use serde_spanned::Spanned;
 
-use crate::config::{split_host_port, Config, ConfigError, ListenerConfig, RouteConfig, TlsConfig, TlsMode};
 use crate::authz::{AllowList, Pattern};
+use crate::config::{split_host_port, Config, ConfigError, ListenerConfig, RouteConfig, TlsConfig, TlsMode};
 use crate::config::{PeerAuth, Protocol, SslMode, TcpKeepalive};
 use crate::tls;
 
@@ -290,10 +290,13 @@ fn build_tls_routing(
                 tls::server_config(tls, key, ca, crl).map_err(|e| at(e.to_string()))?
             }
             None => shared.clone().ok_or_else(|| {
-                located(listener_field.clone(), tls::TlsError::File {
-                    file: config.path.clone(),
-                    reason: format!("route {:?} brings no downstream_tls and the listener has no certificate to present for it", rc.name),
-                })
+                located(
+                    listener_field.clone(),
+                    tls::TlsError::File {
+                        file: config.path.clone(),
+                        reason: format!("route {:?} brings no downstream_tls and the listener has no certificate to present for it", rc.name),
+                    },
+                )
             })?,
         };
         let entry = TlsEntry { route: routes[&rc.name].clone(), server };
@@ -304,17 +307,15 @@ fn build_tls_routing(
     }
     let default = match &listener.default_route {
         Some(name) => Some(entries.get(name).cloned().ok_or_else(|| {
-            config.locate(l.span(), format!("listener[{i}] ({}).default_route", listener.name), format!("route {name:?} is not served at this listener (see its `listeners`)"))
+            config.locate(
+                l.span(),
+                format!("listener[{i}] ({}).default_route", listener.name),
+                format!("route {name:?} is not served at this listener (see its `listeners`)"),
+            )
         })?),
         None => None,
     };
-    Ok(TlsRouting {
-        by_sni,
-        default,
-        refuse: tls::refusing_server_config(),
-        handshake_timeout: listener.handshake_timeout,
-        peer_auth: listener.peer_auth,
-    })
+    Ok(TlsRouting { by_sni, default, refuse: tls::refusing_server_config(), handshake_timeout: listener.handshake_timeout, peer_auth: listener.peer_auth })
 }
 
 fn path(p: &Option<std::path::PathBuf>) -> &Path {

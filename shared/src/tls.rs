@@ -31,17 +31,11 @@ pub enum TlsError {
     File { file: PathBuf, reason: String },
     /// rustls refused the assembled configuration.
     #[error("{context}: {source}")]
-    Rustls {
-        context: String,
-        source: rustls::Error,
-    },
+    Rustls { context: String, source: rustls::Error },
 }
 
 fn file_error(file: &Path, reason: impl Into<String>) -> TlsError {
-    TlsError::File {
-        file: file.to_owned(),
-        reason: reason.into(),
-    }
+    TlsError::File { file: file.to_owned(), reason: reason.into() }
 }
 
 /// A TLS failure in words: rustls prints custom certificate errors in debug form, so
@@ -60,10 +54,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// A cipher suite by its rustls name (`TLS13_AES_128_GCM_SHA256`, ...).
 pub fn cipher_suite(name: &str) -> Option<SupportedCipherSuite> {
-    rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES
-        .iter()
-        .find(|s| s.suite().as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
-        .copied()
+    rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES.iter().find(|s| s.suite().as_str().is_some_and(|n| n.eq_ignore_ascii_case(name))).copied()
 }
 
 /// Every cipher suite name the provider knows, for error messages.
@@ -116,9 +107,8 @@ static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TL
 /// Every CRL in a PEM file.
 pub fn load_crls(file: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let pem = read(file)?;
-    let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(file, format!("not a PEM CRL file: {e}")))?;
+    let crls =
+        CertificateRevocationListDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map_err(|e| file_error(file, format!("not a PEM CRL file: {e}")))?;
     if crls.is_empty() {
         return Err(file_error(file, "holds no PEM CRL (expected -----BEGIN X509 CRL-----)"));
     }
@@ -132,9 +122,8 @@ fn read(file: &Path) -> Result<Vec<u8>, TlsError> {
 /// Every certificate in a PEM file, in order; an empty file is an error.
 pub fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(file)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(file, format!("not a PEM certificate file: {e}")))?;
+    let certs =
+        CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map_err(|e| file_error(file, format!("not a PEM certificate file: {e}")))?;
     if certs.is_empty() {
         return Err(file_error(file, "holds no PEM certificate (expected -----BEGIN CERTIFICATE-----): point it at a certificate or CA bundle in PEM"));
     }
@@ -144,18 +133,21 @@ pub fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// Refuses a certificate that has expired or is not valid yet: serving or presenting
 /// one only moves the failure to the peer, where it is harder to diagnose.
 fn check_validity(file: &Path, cert: &CertificateDer<'_>) -> Result<(), TlsError> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
-        .map_err(|e| file_error(file, format!("unparsable X.509 certificate: {e}")))?;
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| file_error(file, format!("unparsable X.509 certificate: {e}")))?;
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let validity = parsed.validity();
     let subject = parsed.subject();
     if validity.not_after.timestamp() < now {
-        return Err(file_error(file, format!("certificate {subject} expired at {}: renew it (cert-manager, or `strait-ingress certs` for a lab)", validity.not_after)));
+        return Err(file_error(
+            file,
+            format!("certificate {subject} expired at {}: renew it (cert-manager, or `strait-ingress certs` for a lab)", validity.not_after),
+        ));
     }
     if validity.not_before.timestamp() > now {
-        return Err(file_error(file, format!("certificate {subject} is not valid before {}: check this host's clock or the certificate's dates", validity.not_before)));
+        return Err(file_error(
+            file,
+            format!("certificate {subject} is not valid before {}: check this host's clock or the certificate's dates", validity.not_before),
+        ));
     }
     Ok(())
 }
@@ -163,7 +155,8 @@ fn check_validity(file: &Path, cert: &CertificateDer<'_>) -> Result<(), TlsError
 /// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(file: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(file)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| file_error(file, format!("holds no usable PEM private key ({e}): expected -----BEGIN PRIVATE KEY----- (PKCS#8, PKCS#1 or SEC1)")))
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| file_error(file, format!("holds no usable PEM private key ({e}): expected -----BEGIN PRIVATE KEY----- (PKCS#8, PKCS#1 or SEC1)")))
 }
 
 /// A trust store from a CA bundle; every certificate in it (root or intermediate)
@@ -178,9 +171,7 @@ pub fn load_roots(file: &Path) -> Result<Arc<RootCertStore>, TlsError> {
             expired.push(e.to_string());
             continue;
         }
-        roots
-            .add(cert)
-            .map_err(|e| file_error(file, format!("not usable as a trust anchor: {e}")))?;
+        roots.add(cert).map_err(|e| file_error(file, format!("not usable as a trust anchor: {e}")))?;
     }
     if roots.is_empty() {
         return Err(file_error(file, format!("holds no CA that is valid now ({})", expired.join("; "))));
@@ -253,12 +244,7 @@ fn required<'a>(path: &'a Option<PathBuf>, what: &str) -> Result<&'a Path, TlsEr
 
 /// Builds the configuration a TLS listener uses for one route's hosts: the listener's
 /// `tls` gives mode, versions and suites; `client_ca` and `crl` verify clients.
-pub fn server_config(
-    listener: &TlsConfig,
-    key: Arc<CertifiedKey>,
-    client_ca: Option<&Path>,
-    crl: Option<&Path>,
-) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(listener: &TlsConfig, key: Arc<CertifiedKey>, client_ca: Option<&Path>, crl: Option<&Path>) -> Result<Arc<ServerConfig>, TlsError> {
     let (provider, versions) = policy(listener);
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
@@ -271,9 +257,7 @@ pub fn server_config(
                 // Like Envoy: the leaf's issuer must have a CRL in the file.
                 verifier = verifier.with_crls(load_crls(crl)?).only_check_end_entity_revocation();
             }
-            let verifier = verifier
-                .build()
-                .map_err(|e| file_error(ca, format!("cannot verify clients with this CA bundle: {e}")))?;
+            let verifier = verifier.build().map_err(|e| file_error(ca, format!("cannot verify clients with this CA bundle: {e}")))?;
             builder.with_client_cert_verifier(verifier)
         }
         (TlsMode::Mutual, None) => return Err(file_error(Path::new("<config>"), "mutual TLS needs a client CA")),

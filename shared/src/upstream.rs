@@ -24,11 +24,7 @@ pub enum UpstreamError {
     Connect(String),
     /// The TCP connection was made but the origination handshake failed.
     #[error("TLS origination to {addr} (SNI {sni}) failed: {reason}")]
-    Tls {
-        addr: SocketAddr,
-        sni: String,
-        reason: String,
-    },
+    Tls { addr: SocketAddr, sni: String, reason: String },
 }
 
 /// Connects to `route`'s upstream, trying each resolved address in round-robin order
@@ -74,11 +70,7 @@ pub async fn originate(route: &Route, addr: SocketAddr, tcp: TcpStream) -> Resul
     let Some(origination) = &route.origination else {
         return Ok(Either::Left(tcp));
     };
-    let failed = |reason: String| UpstreamError::Tls {
-        addr,
-        sni: origination.server_name.to_str().into_owned(),
-        reason,
-    };
+    let failed = |reason: String| UpstreamError::Tls { addr, sni: origination.server_name.to_str().into_owned(), reason };
     let connector = TlsConnector::from(origination.config.clone());
     let handshake = connector.connect(origination.server_name.clone(), tcp);
     match timeout(route.connect_timeout, handshake).await {

@@ -391,11 +391,7 @@ async fn hold(args: HoldArgs) -> Result<()> {
     Ok(())
 }
 
-fn collect(
-    result: Option<Result<Result<Box<dyn Io>>, tokio::task::JoinError>>,
-    held: &mut Vec<Box<dyn Io>>,
-    failed: &mut usize,
-) {
+fn collect(result: Option<Result<Result<Box<dyn Io>>, tokio::task::JoinError>>, held: &mut Vec<Box<dyn Io>>, failed: &mut usize) {
     match result {
         Some(Ok(Ok(stream))) => held.push(stream),
         Some(_) => *failed += 1,

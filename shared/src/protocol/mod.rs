@@ -33,13 +33,7 @@ use crate::upstream::Stream;
 pub const MAX_NEGOTIATION_PACKET: usize = 64 * 1024;
 
 /// Runs `route`'s protocol negotiation; returns the two streams, ready to relay.
-pub async fn negotiate(
-    route: &Route,
-    downstream: Stream,
-    resolver: &Resolver,
-    log: &mut AccessLog,
-    timeout: Duration,
-) -> Result<(Stream, Stream), Outcome> {
+pub async fn negotiate(route: &Route, downstream: Stream, resolver: &Resolver, log: &mut AccessLog, timeout: Duration) -> Result<(Stream, Stream), Outcome> {
     let negotiation = async {
         match route.protocol {
             Protocol::Mysql => mysql::negotiate(route, downstream, resolver, log).await,
@@ -98,10 +92,7 @@ fn authorize(route: &Route, log: &AccessLog) -> Result<(), Outcome> {
 /// Reads exactly `n` bytes (for length-prefixed messages read without over-reading).
 async fn read_exact_vec<S: AsyncRead + Unpin>(stream: &mut S, n: usize, what: &str) -> Result<Vec<u8>, Outcome> {
     let mut buf = vec![0u8; n];
-    stream
-        .read_exact(&mut buf)
-        .await
-        .map_err(|e| Outcome::Refused(Refusal::ClientClosed, format!("{what}: {e}")))?;
+    stream.read_exact(&mut buf).await.map_err(|e| Outcome::Refused(Refusal::ClientClosed, format!("{what}: {e}")))?;
     Ok(buf)
 }
 

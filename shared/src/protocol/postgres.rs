@@ -68,10 +68,7 @@ pub fn startup_length(header: [u8; 4]) -> Result<usize, String> {
 
 async fn read_startup<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Startup, Outcome> {
     let mut header = [0u8; 4];
-    stream
-        .read_exact(&mut header)
-        .await
-        .map_err(|e| Outcome::Refused(Refusal::ClientClosed, format!("startup packet: {e}")))?;
+    stream.read_exact(&mut header).await.map_err(|e| Outcome::Refused(Refusal::ClientClosed, format!("startup packet: {e}")))?;
     let len = startup_length(header).map_err(client_error)?;
     let mut message = header.to_vec();
     message.extend(read_exact_vec(stream, len - 4, "startup packet").await?);
@@ -167,7 +164,9 @@ async fn connect_server(route: &Route, resolver: &Resolver, log: &mut AccessLog)
         b'S' => {
             // Nothing may follow `S` before our ClientHello (CVE-2021-23222: injected
             // bytes taken as part of the session).
-            nothing_pending(&tcp, "the server").await.map_err(|_| upstream_failed("the server sent data after S, before the TLS handshake: refused (CVE-2021-23222 class)"))?;
+            nothing_pending(&tcp, "the server")
+                .await
+                .map_err(|_| upstream_failed("the server sent data after S, before the TLS handshake: refused (CVE-2021-23222 class)"))?;
             originate(route, tcp, addr, log).await
         }
         b'N' => Err(upstream_failed("the server answered N to our SSLRequest (no TLS): refusing to fall back to plaintext")),
