@@ -1,192 +1,122 @@
-//! The per-connection access log: one line at close, the per-hop record an operator
-//! follows a stream by (Istio's TCP access log, field for field where they overlap).
+//! The connection record: what is known about one connection, filled in by the pipeline
+//! as it goes, and written when it is dropped — the access-log line (Istio's TCP access
+//! log, field for field where they overlap), the closed and bytes metrics, and the OTLP
+//! span. Because it records on drop, a connection cut by the drain or by the process
+//! stopping is still logged and counted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Instant, SystemTime};
 
+use opentelemetry::trace::{Span, Status, Tracer};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::trace::SdkTracer;
+
+use crate::error::{Class, ConnError, Outcome, UpstreamError};
 use crate::identity::Identity;
-use crate::metrics::{self, ConnectionLabels};
+use crate::metrics::{ActiveGuard, ClosedLabels, ConnectionLabels, Metrics, RefusalLabels, RouteLabels};
+use crate::relay::Moved;
 
-/// Why a connection was refused before a route was taken; a fixed set, so it can be a
-/// metrics label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// SNI names no route at this listener.
-    UnknownSni,
-    /// No SNI and no `default_route`.
-    NoSni,
-    /// The first bytes were not a TLS ClientHello.
-    NotTls,
-    /// Mutual TLS, and the client presented no certificate.
-    NoClientCert,
-    /// The client certificate does not chain to the listener's CA.
-    UnknownCa,
-    /// The client certificate is expired, not yet valid, revoked, lacks clientAuth, ...
-    BadCertificate,
-    /// The client offered only TLS versions below the listener's minimum.
-    ProtocolVersion,
-    /// The client offered nothing we accept (cipher suites, groups, signatures).
-    Incompatible,
-    /// The client did not finish its handshake (or send its first byte) in time.
-    Timeout,
-    /// A plaintext client where only TLS is accepted, or with no route for plaintext.
-    Plaintext,
-    /// The client closed before finishing its handshake.
-    ClientClosed,
-    /// The listener went away under the connection (reload).
-    ListenerRemoved,
-    /// Anything else: I/O errors, alerts from the client, ...
-    Other,
+/// Where finished connections are recorded: one per gateway, shared by its connections.
+pub struct Recorder {
+    /// The gateway's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Exports a span per connection, when OTLP export is on.
+    pub tracer: Option<SdkTracer>,
 }
 
-impl Refusal {
-    /// Stable label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::UnknownSni => "unknown_sni",
-            Refusal::NoSni => "no_sni",
-            Refusal::NotTls => "not_tls",
-            Refusal::NoClientCert => "no_client_cert",
-            Refusal::UnknownCa => "unknown_ca",
-            Refusal::BadCertificate => "bad_certificate",
-            Refusal::ProtocolVersion => "protocol_version",
-            Refusal::Incompatible => "incompatible",
-            Refusal::Timeout => "timeout",
-            Refusal::Plaintext => "plaintext",
-            Refusal::ClientClosed => "client_closed",
-            Refusal::ListenerRemoved => "listener_removed",
-            Refusal::Other => "other",
-        }
-    }
-
-    /// Classifies a failed server handshake from the error tokio-rustls returned.
-    pub fn of_handshake(error: &std::io::Error) -> Refusal {
-        use rustls::{CertificateError as C, Error as E, PeerIncompatible as P};
-        let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<E>()) else {
-            return match error.kind() {
-                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => Refusal::ClientClosed,
-                _ => Refusal::Other,
-            };
-        };
-        match tls {
-            E::NoCertificatesPresented => Refusal::NoClientCert,
-            E::InvalidCertificate(C::UnknownIssuer) => Refusal::UnknownCa,
-            E::InvalidCertificate(_) => Refusal::BadCertificate,
-            // TLS 1.0/1.1 ClientHellos lack signature_algorithms (added in 1.2): that is
-            // how an old version shows up before any version negotiation.
-            E::PeerIncompatible(
-                P::Tls12NotOffered | P::Tls12NotOfferedOrEnabled | P::SupportedVersionsExtensionRequired | P::SignatureAlgorithmsExtensionRequired,
-            ) => Refusal::ProtocolVersion,
-            E::PeerIncompatible(_) => Refusal::Incompatible,
-            E::InvalidMessage(_) => Refusal::NotTls,
-            _ => Refusal::Other,
-        }
-    }
-}
-
-/// How a connection ended; the class is stable (for metrics), the text is for people.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Both sides closed cleanly.
-    Closed,
-    /// Refused before a route was taken: handshake failure, unknown SNI, timeout.
-    Refused(Refusal, String),
-    /// The client's identity is not on the route's allow list.
-    Denied(String),
-    /// The route's upstream could not be reached or refused origination.
-    UpstreamFailed(String),
-    /// An error on either side after the relay started.
-    RelayFailed(String),
-}
-
-impl Outcome {
-    /// Short stable name, logged as `outcome`.
-    pub fn class(&self) -> &'static str {
-        match self {
-            Outcome::Closed => "closed",
-            Outcome::Refused(..) => "refused",
-            Outcome::Denied(_) => "denied",
-            Outcome::UpstreamFailed(_) => "upstream_failed",
-            Outcome::RelayFailed(_) => "relay_failed",
-        }
-    }
-
-    /// The words behind the class.
-    pub fn reason(&self) -> &str {
-        match self {
-            Outcome::Closed => "eof",
-            Outcome::Refused(_, r) | Outcome::Denied(r) | Outcome::UpstreamFailed(r) | Outcome::RelayFailed(r) => r,
-        }
-    }
-}
-
-/// What is known about a connection; filled in as it progresses.
-#[derive(Debug)]
-pub struct AccessLog {
-    /// When it was accepted.
-    pub start: SystemTime,
-    /// Listener name.
-    pub listener: Arc<str>,
-    /// `outbound` (egress) or `inbound` (ingress), as Istio labels it.
-    pub direction: &'static str,
-    /// Whether the client side completed mutual TLS.
-    pub mtls: bool,
-    /// `tcp`, `mysql` or `postgres`.
-    pub protocol: &'static str,
+/// What is known about each side of a connection; the negotiation steps fill it in.
+#[derive(Debug, Default)]
+pub struct Sides {
+    /// The client certificate's identity, once a client-side TLS handshake completed.
+    pub identity: Option<Identity>,
     /// Whether the client side is TLS (from the first byte, or inside the protocol).
     pub downstream_tls: bool,
-    /// Whether the upstream side is TLS.
-    pub upstream_tls: bool,
-    /// Route name, once chosen.
-    pub route: Option<String>,
-    /// The client's address.
-    pub downstream: SocketAddr,
     /// The upstream address connected to, once connected.
     pub upstream: Option<SocketAddr>,
-    /// SNI the client sent, at TLS listeners.
-    pub sni: Option<String>,
-    /// The client certificate's identity, in mutual TLS.
-    pub identity: Option<Identity>,
-    /// Bytes from the client (Istio's `bytes_received`).
-    pub bytes_received: u64,
-    /// Bytes to the client (Istio's `bytes_sent`).
-    pub bytes_sent: u64,
-    /// Time from accept to close.
-    pub duration: Duration,
+    /// Whether the upstream side is TLS.
+    pub upstream_tls: bool,
 }
 
-impl Default for AccessLog {
-    fn default() -> Self {
-        AccessLog {
-            start: SystemTime::UNIX_EPOCH,
-            listener: Arc::from(""),
-            direction: "outbound",
-            mtls: false,
-            protocol: "tcp",
-            downstream_tls: false,
-            upstream_tls: false,
-            route: None,
-            downstream: SocketAddr::from(([0, 0, 0, 0], 0)),
-            upstream: None,
-            sni: None,
-            identity: None,
-            bytes_received: 0,
-            bytes_sent: 0,
-            duration: Duration::ZERO,
-        }
-    }
-}
-
-impl AccessLog {
+impl Sides {
     /// Which sides are TLS: `none`, `downstream`, `upstream` or `both`.
-    pub fn tls_sides(&self) -> &'static str {
+    pub fn tls(&self) -> &'static str {
         match (self.downstream_tls, self.upstream_tls) {
             (true, true) => "both",
             (true, false) => "downstream",
             (false, true) => "upstream",
             (false, false) => "none",
         }
+    }
+}
+
+/// One connection's record; written when dropped.
+pub struct ConnectionRecord {
+    recorder: Arc<Recorder>,
+    /// Counts the connection as active until the record is written.
+    _active: ActiveGuard,
+    start: SystemTime,
+    clock: Instant,
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// `outbound` (egress) or `inbound` (ingress), as Istio labels it.
+    pub direction: &'static str,
+    /// The client's address.
+    pub downstream: SocketAddr,
+    /// Route name, once chosen.
+    pub route: Option<String>,
+    /// `tcp`, `mysql` or `postgres`, once routed.
+    pub protocol: &'static str,
+    /// SNI the client sent, at TLS listeners.
+    pub sni: Option<String>,
+    /// Identity and TLS of each side.
+    pub sides: Sides,
+    /// Bytes each way, counted by the relay as they move.
+    pub moved: Moved,
+    /// Whether `opened` was counted (the relay started).
+    opened: bool,
+    /// How it ended; `None` when the connection's task was dropped unfinished.
+    end: Option<Result<(), ConnError>>,
+}
+
+impl ConnectionRecord {
+    /// A record for a connection just accepted from `downstream` on `listener`.
+    pub fn new(recorder: Arc<Recorder>, listener: Arc<str>, direction: &'static str, downstream: SocketAddr) -> ConnectionRecord {
+        ConnectionRecord {
+            _active: recorder.metrics.connection_active(&listener),
+            recorder,
+            start: SystemTime::now(),
+            clock: Instant::now(),
+            listener,
+            direction,
+            downstream,
+            route: None,
+            protocol: "tcp",
+            sni: None,
+            sides: Sides::default(),
+            moved: Moved::default(),
+            opened: false,
+            end: None,
+        }
+    }
+
+    /// The gateway's metrics, for the stages that observe durations.
+    pub fn metrics(&self) -> &Metrics {
+        &self.recorder.metrics
+    }
+
+    /// Counts the connection as opened: routed, authorized and connected upstream, the
+    /// moment the relay starts (the same for every protocol).
+    pub fn opened(&mut self) {
+        if !self.opened {
+            self.opened = true;
+            self.recorder.metrics.opened.add(&self.labels(), 1);
+        }
+    }
+
+    /// Records how the connection ended; the record is written when it drops.
+    pub fn finish(&mut self, end: Result<(), ConnError>) {
+        self.end = Some(end);
     }
 
     /// Labels for the connection metrics of this connection.
@@ -195,33 +125,75 @@ impl AccessLog {
             listener: self.listener.to_string(),
             route: self.route.clone().unwrap_or_default(),
             direction: self.direction,
-            mtls: if self.mtls { "true" } else { "false" },
+            mtls: if self.sides.identity.is_some() { "true" } else { "false" },
         }
     }
 
-    /// Counts the closed connection in the metrics.
-    fn count(&self, outcome: &Outcome) {
-        let refusal = match outcome {
-            Outcome::Refused(reason, _) => Some(reason.as_str()),
-            Outcome::Denied(_) => Some("denied_identity"),
-            _ => None,
-        };
-        metrics::get().connection_closed(&self.labels(), outcome.class(), self.bytes_sent, self.bytes_received, refusal);
+    fn count(&self, class: Class, error: Option<&ConnError>) {
+        let metrics = &self.recorder.metrics;
+        let labels = self.labels();
+        let (sent, received) = (self.moved.from_upstream, self.moved.from_downstream);
+        if sent > 0 || received > 0 {
+            metrics.sent_bytes.add(&labels, sent);
+            metrics.received_bytes.add(&labels, received);
+        }
+        if let Some(refusal) = class.refusal {
+            metrics.handshake_failures.add(&RefusalLabels { listener: labels.listener.clone(), reason: refusal.as_str() }, 1);
+        }
+        // The one place upstream failures are counted. A database server that broke its
+        // protocol was reached: that is not a connect failure.
+        if let (Some(ConnError::Upstream(e)), Some(route)) = (error, &self.route) {
+            if !matches!(e, UpstreamError::Protocol(_)) {
+                let route = RouteLabels { route: route.clone() };
+                if e.is_dns() {
+                    metrics.dns_failures.add(&route, 1);
+                }
+                metrics.upstream_failures.add(&route, 1);
+            }
+        }
+        let ConnectionLabels { listener, route, direction, mtls } = labels;
+        metrics.closed.add(&ClosedLabels { listener, route, direction, mtls, outcome: class.outcome.as_str() }, 1);
     }
 
-    /// Writes the line (`info` for a clean close, `warn` for anything else) and counts
-    /// the connection in the metrics.
-    pub fn emit(&self, outcome: Outcome) {
-        self.count(&outcome);
-        crate::otel::record(self, &outcome, SystemTime::now());
+    fn span(&self, class: Class, reason: &str, end: SystemTime) {
+        let Some(tracer) = &self.recorder.tracer else { return };
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        let mut attributes = vec![
+            KeyValue::new("strait.listener", self.listener.to_string()),
+            KeyValue::new("strait.route", text(&self.route)),
+            KeyValue::new("strait.direction", self.direction),
+            KeyValue::new("strait.peer.identity", self.sides.identity.as_ref().map(|i| i.to_string()).unwrap_or_default()),
+            KeyValue::new("tls.server_name", text(&self.sni)),
+            KeyValue::new("client.address", self.downstream.to_string()),
+            KeyValue::new("strait.bytes_received", self.moved.from_downstream as i64),
+            KeyValue::new("strait.bytes_sent", self.moved.from_upstream as i64),
+            KeyValue::new("strait.duration_ms", self.clock.elapsed().as_millis() as i64),
+            KeyValue::new("strait.outcome", class.outcome.as_str()),
+            KeyValue::new("strait.reason", reason.to_owned()),
+        ];
+        if let Some(upstream) = self.sides.upstream {
+            attributes.push(KeyValue::new("server.address", upstream.to_string()));
+        }
+        let mut span = tracer
+            .span_builder(format!("{} {}", self.direction, self.route.as_deref().unwrap_or("-")))
+            .with_kind(opentelemetry::trace::SpanKind::Server)
+            .with_start_time(self.start)
+            .with_attributes(attributes)
+            .start(tracer);
+        if class.outcome != Outcome::Closed {
+            span.set_status(Status::error(reason.to_owned()));
+        }
+        span.end_with_timestamp(end);
+    }
+
+    fn write_line(&self, class: Class, reason: &str) {
         let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         let start = humantime::format_rfc3339_millis(self.start).to_string();
         let route = dash(self.route.clone());
-        let upstream = dash(self.upstream.map(|a| a.to_string()));
+        let upstream = dash(self.sides.upstream.map(|a| a.to_string()));
         let sni = dash(self.sni.clone());
-        let identity = dash(self.identity.as_ref().map(|i| i.to_string()));
-        let duration_ms = self.duration.as_millis() as u64;
-        let tls_sides = self.tls_sides();
+        let identity = dash(self.sides.identity.as_ref().map(|i| i.to_string()));
+        let duration_ms = self.clock.elapsed().as_millis() as u64;
         macro_rules! line {
             ($level:ident) => {
                 tracing::$level!(
@@ -234,18 +206,74 @@ impl AccessLog {
                     sni = %sni,
                     identity = %identity,
                     protocol = %self.protocol,
-                    tls = %tls_sides,
-                    bytes_received = self.bytes_received,
-                    bytes_sent = self.bytes_sent,
+                    tls = %self.sides.tls(),
+                    bytes_received = self.moved.from_downstream,
+                    bytes_sent = self.moved.from_upstream,
                     duration_ms,
-                    outcome = %outcome.class(),
-                    reason = %outcome.reason(),
+                    outcome = %class.outcome.as_str(),
+                    reason = %reason,
                 )
             };
         }
-        match outcome {
-            Outcome::Closed => line!(info),
+        match class.level {
+            tracing::Level::INFO => line!(info),
+            tracing::Level::DEBUG | tracing::Level::TRACE => line!(debug),
             _ => line!(warn),
         }
+    }
+}
+
+impl Drop for ConnectionRecord {
+    fn drop(&mut self) {
+        let end = self.end.take().unwrap_or(Err(ConnError::Abandoned));
+        let (class, reason) = match &end {
+            Ok(()) => (Class { outcome: Outcome::Closed, refusal: None, level: tracing::Level::INFO }, "eof".to_owned()),
+            Err(e) => (e.classify(), e.to_string()),
+        };
+        self.count(class, end.as_ref().err());
+        self.span(class, &reason, SystemTime::now());
+        self.write_line(class, &reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(recorder: &Arc<Recorder>) -> ConnectionRecord {
+        ConnectionRecord::new(recorder.clone(), Arc::from("plain"), "outbound", "127.0.0.1:5000".parse().unwrap())
+    }
+
+    #[test]
+    fn a_record_dropped_unfinished_counts_as_cut() {
+        let recorder = Arc::new(Recorder { metrics: Arc::new(Metrics::new(None)), tracer: None });
+        let mut r = record(&recorder);
+        r.route = Some("db".into());
+        r.opened();
+        r.moved.from_downstream = 7;
+        drop(r);
+        let text = recorder.metrics.encode();
+        assert!(text.contains("strait_tcp_connections_closed_total{listener=\"plain\",route=\"db\",direction=\"outbound\",mtls=\"false\",outcome=\"drained\"} 1"), "{text}");
+        assert!(text.contains("strait_tcp_received_bytes_total{listener=\"plain\",route=\"db\",direction=\"outbound\",mtls=\"false\"} 7"), "{text}");
+        assert!(text.contains("strait_active_connections{listener=\"plain\"} 0"), "{text}");
+    }
+
+    #[test]
+    fn upstream_failures_are_counted_once_with_dns_apart() {
+        let recorder = Arc::new(Recorder { metrics: Arc::new(Metrics::new(None)), tracer: None });
+        for dns in [true, false] {
+            let mut r = record(&recorder);
+            r.route = Some("db".into());
+            let error = if dns {
+                UpstreamError::Resolve(crate::resolve::ResolveError::Lookup { host: "x".into(), reason: "NXDOMAIN".into() })
+            } else {
+                UpstreamError::Connect(Vec::new())
+            };
+            r.finish(Err(error.into()));
+        }
+        let text = recorder.metrics.encode();
+        assert!(text.contains("strait_upstream_connect_failures_total{route=\"db\"} 2"), "{text}");
+        assert!(text.contains("strait_dns_resolution_failures_total{route=\"db\"} 1"), "{text}");
+        assert!(!text.contains("strait_tcp_connections_opened_total{"), "never opened: {text}");
     }
 }

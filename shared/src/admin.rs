@@ -15,13 +15,24 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// What the admin endpoints read; the gateway writes it.
-#[derive(Default)]
 pub struct AdminState {
     /// True once every listener is bound and every credential loaded; false again
     /// while draining, so load balancers stop sending.
     pub ready: AtomicBool,
     /// `/config_dump`'s document, rebuilt at every (re)load.
     pub config_dump: ArcSwap<serde_json::Value>,
+    /// The gateway's metrics, for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The log filter, for `/logging`; `None` when the process's logging is not ours
+    /// to change (a gateway run inside a test).
+    pub log: Option<Arc<crate::telemetry::LogControl>>,
+}
+
+impl AdminState {
+    /// Not ready, an empty dump.
+    pub fn new(metrics: Arc<crate::metrics::Metrics>, log: Option<Arc<crate::telemetry::LogControl>>) -> AdminState {
+        AdminState { ready: AtomicBool::new(false), config_dump: ArcSwap::from_pointee(serde_json::json!({})), metrics, log }
+    }
 }
 
 /// Binds the admin port (so a bad address fails the start) and serves it until
@@ -53,9 +64,9 @@ async fn ready(State(state): State<Arc<AdminState>>) -> Response {
     }
 }
 
-async fn metrics() -> Response {
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(header::CONTENT_TYPE, content_type)], crate::metrics::get().encode()).into_response()
+    ([(header::CONTENT_TYPE, content_type)], state.metrics.encode()).into_response()
 }
 
 async fn config_dump(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
@@ -69,13 +80,16 @@ struct LevelQuery {
 
 /// `GET /logging` shows the filter; `POST /logging?level=debug` (or a directive such as
 /// `info,strait::access=warn`) replaces it.
-async fn logging(method: axum::http::Method, Query(query): Query<LevelQuery>) -> Response {
+async fn logging(State(state): State<Arc<AdminState>>, method: axum::http::Method, Query(query): Query<LevelQuery>) -> Response {
+    let Some(log) = &state.log else {
+        return (StatusCode::NOT_FOUND, "this gateway does not own the process's logging\n").into_response();
+    };
     match (method, query.level) {
-        (axum::http::Method::POST, Some(level)) => match crate::telemetry::set_level(&level) {
+        (axum::http::Method::POST, Some(level)) => match log.set_level(&level) {
             Ok(()) => (StatusCode::OK, format!("level: {level}\n")).into_response(),
             Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
         },
         (axum::http::Method::POST, None) => (StatusCode::BAD_REQUEST, "POST /logging?level=LEVEL\n").into_response(),
-        _ => (StatusCode::OK, format!("level: {}\n", crate::telemetry::level())).into_response(),
+        _ => (StatusCode::OK, format!("level: {}\n", log.level())).into_response(),
     }
 }

@@ -3,7 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
+use anyhow::Context as _;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 
 use crate::certs::{KeyType, ReferenceOptions};
 use crate::config::{Config, Role};
@@ -25,6 +30,11 @@ struct Cli {
     /// config's `[admin] address`. Port 0 picks a free port (logged).
     #[arg(long, env = "STRAIT_ADMIN_ADDRESS", global = true)]
     admin_address: Option<std::net::SocketAddr>,
+    /// Once ready, write the admin port's bound address to this file (Envoy's
+    /// `--admin-address-path`): with `--admin-address 127.0.0.1:0`, how a supervisor or
+    /// a test finds the port without reading logs.
+    #[arg(long, env = "STRAIT_ADMIN_ADDRESS_PATH", global = true)]
+    admin_address_path: Option<PathBuf>,
     /// Worker threads (Envoy's --concurrency); default: the CPUs this process may use.
     #[arg(long, env = "STRAIT_WORKERS", global = true)]
     workers: Option<usize>,
@@ -102,14 +112,14 @@ pub fn main(role: Role) -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let _log_flush = match crate::telemetry::init(&cli.log_level, cli.log_format) {
-        Ok(guard) => guard,
+    let (_log_flush, log) = match crate::telemetry::init(&cli.log_level, cli.log_format) {
+        Ok(logging) => logging,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    match run(role, cli) {
+    match run(role, cli, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -118,7 +128,7 @@ pub fn main(role: Role) -> ExitCode {
     }
 }
 
-fn run(role: Role, cli: Cli) -> anyhow::Result<()> {
+fn run(role: Role, cli: Cli, log: crate::telemetry::LogControl) -> anyhow::Result<()> {
     let config_path = || cli.config.clone().ok_or_else(|| anyhow::anyhow!("no configuration: pass --config FILE or set STRAIT_CONFIG"));
     match cli.command {
         Some(Command::Certs(args)) => {
@@ -142,15 +152,46 @@ fn run(role: Role, cli: Cli) -> anyhow::Result<()> {
             println!("{}: OK ({} listeners, {} routes, every credential loaded)", path.display(), table.listeners.len(), config.routes.len());
         }
         None => {
-            let path = config_path()?;
+            let options = crate::gateway::Options { config_path: config_path()?, role, admin_address: cli.admin_address, log: Some(Arc::new(log)) };
             let mut runtime = tokio::runtime::Builder::new_multi_thread();
             if let Some(workers) = cli.workers {
                 runtime.worker_threads(workers.max(1));
             }
-            runtime.enable_all().build()?.block_on(crate::gateway::run(path, role, cli.admin_address))?;
+            runtime.enable_all().build()?.block_on(serve(options, cli.admin_address_path))?;
         }
     }
     Ok(())
+}
+
+/// Runs the gateway as a process: SIGHUP reloads, SIGTERM and SIGINT drain and stop.
+async fn serve(options: crate::gateway::Options, admin_address_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let shutdown = CancellationToken::new();
+    let gateway = crate::gateway::run(options, shutdown.clone()).await?;
+    if let (Some(path), Some(address)) = (&admin_address_path, gateway.admin_address) {
+        write_atomically(path, &address.to_string()).with_context(|| format!("cannot write the admin address to {}", path.display()))?;
+    }
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => {
+                // A refused reload is logged by the gateway; the process keeps running.
+                let _ = gateway.reload("SIGHUP").await;
+            }
+        }
+    }
+    shutdown.cancel();
+    gateway.stopped().await;
+    Ok(())
+}
+
+/// Writes `text` so that a reader sees the whole file or none (write, then rename).
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, text)?;
+    std::fs::rename(&partial, path)
 }
 
 async fn diagnose(role: Role, config: &Config, args: DiagnoseArgs) -> anyhow::Result<crate::diagnose::Report> {

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod diagnose;
+pub mod error;
 pub mod gateway;
 pub mod identity;
 pub mod listener;

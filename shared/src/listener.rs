@@ -53,7 +53,7 @@ impl AcceptLoop {
             let Some(permit) = self.limit.try_acquire() else {
                 drop(tcp);
                 shed += 1;
-                crate::metrics::get().connection_shed(&self.name);
+                self.context.recorder.metrics.shed.add(&crate::metrics::ListenerLabels { listener: self.name.to_string() }, 1);
                 if last_shed_log.is_none_or(|t| t.elapsed() >= SHED_LOG_INTERVAL) {
                     tracing::warn!(listener = %self.name, %peer, shed, "connection limit reached: closing new connections");
                     last_shed_log = Some(Instant::now());

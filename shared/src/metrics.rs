@@ -1,14 +1,17 @@
-//! Process metrics in Prometheus form, named after Istio's TCP metrics so existing
-//! dashboards fit (`strait_tcp_connections_opened_total` beside
-//! `istio_tcp_connections_opened_total`, and so on).
+//! Process metrics, exported two ways from one declaration: Prometheus text on the admin
+//! port and, when `[telemetry] otlp_endpoint` is set, OTLP pushes with the same names and
+//! labels. Named after Istio's TCP metrics so existing dashboards fit
+//! (`strait_tcp_connections_opened_total` beside `istio_tcp_connections_opened_total`).
 //!
-//! Labels are bounded by the configuration (listener, route, credential file) and by
-//! fixed enums (direction, mTLS, outcome, refusal reason); never by client addresses.
+//! One [`Metrics`] is made per gateway and passed to whatever records: there is no
+//! global. Labels are bounded by the configuration (listener, route, credential file)
+//! and by fixed enums (direction, mTLS, outcome, refusal reason); never by client
+//! addresses.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::OnceLock;
 use std::time::Duration;
 
+use opentelemetry::metrics::Meter;
 use opentelemetry::KeyValue;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -41,7 +44,7 @@ pub struct ClosedLabels {
     pub direction: &'static str,
     /// Whether the client side was mutual TLS.
     pub mtls: &'static str,
-    /// Outcome class: closed, refused, denied, upstream_failed, relay_failed.
+    /// Outcome class: closed, refused, denied, upstream_failed, relay_failed, drained.
     pub outcome: &'static str,
 }
 
@@ -57,7 +60,7 @@ pub struct ListenerLabels {
 pub struct RefusalLabels {
     /// Listener name.
     pub listener: String,
-    /// One of the fixed reasons of [`crate::access_log::Refusal`].
+    /// One of the fixed reasons of [`crate::error::Refusal`].
     pub reason: &'static str,
 }
 
@@ -97,197 +100,15 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
-/// Every metric of the process.
-pub struct Metrics {
-    registry: Registry,
-    /// Connections that got a route and passed authorization.
-    pub opened: Family<ConnectionLabels, Counter>,
-    /// Connections that ended, by outcome.
-    pub closed: Family<ClosedLabels, Counter>,
-    /// Bytes to the client.
-    pub sent_bytes: Family<ConnectionLabels, Counter>,
-    /// Bytes from the client.
-    pub received_bytes: Family<ConnectionLabels, Counter>,
-    /// Connections open now.
-    pub active: Family<ListenerLabels, Gauge>,
-    /// Handshakes refused, by reason.
-    pub handshake_failures: Family<RefusalLabels, Counter>,
-    /// Connections closed at accept because the listener was at its limit.
-    pub shed: Family<ListenerLabels, Counter>,
-    /// Time to connect upstream (TCP, plus origination TLS).
-    pub upstream_connect_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
-    /// Upstream connects that failed.
-    pub upstream_failures: Family<RouteLabels, Counter>,
-    /// Names that did not resolve.
-    pub dns_failures: Family<RouteLabels, Counter>,
-    /// Expiry of every loaded certificate, Unix seconds.
-    pub cert_not_after: Family<CredentialLabels, Gauge<f64, AtomicU64>>,
-    /// Configuration/credential reloads by result.
-    pub reloads: Family<ReloadLabels, Counter>,
-    /// Database protocol negotiations, by which sides became TLS and how they ended.
-    pub negotiations: Family<NegotiationLabels, Counter>,
-}
-
-fn connect_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
-}
-
-impl Metrics {
-    fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("strait");
-        let metrics = Metrics {
-            opened: Family::default(),
-            closed: Family::default(),
-            sent_bytes: Family::default(),
-            received_bytes: Family::default(),
-            active: Family::default(),
-            handshake_failures: Family::default(),
-            shed: Family::default(),
-            upstream_connect_seconds: Family::new_with_constructor(connect_histogram),
-            upstream_failures: Family::default(),
-            dns_failures: Family::default(),
-            cert_not_after: Family::default(),
-            reloads: Family::default(),
-            negotiations: Family::default(),
-            registry: Registry::default(),
-        };
-        registry.register("tcp_connections_opened", "TCP connections opened (routed and authorized)", metrics.opened.clone());
-        registry.register("tcp_connections_closed", "TCP connections closed, by outcome", metrics.closed.clone());
-        registry.register("tcp_sent_bytes", "Bytes sent to the downstream client", metrics.sent_bytes.clone());
-        registry.register("tcp_received_bytes", "Bytes received from the downstream client", metrics.received_bytes.clone());
-        registry.register("active_connections", "Connections open now", metrics.active.clone());
-        registry.register("handshake_failures", "Connections refused before a route was taken, by reason", metrics.handshake_failures.clone());
-        registry.register("connections_shed", "Connections closed at accept: the listener was at max_connections", metrics.shed.clone());
-        registry.register("upstream_connect_seconds", "Time to connect upstream, TCP plus origination handshake", metrics.upstream_connect_seconds.clone());
-        registry.register("upstream_connect_failures", "Upstream connects that failed on every address", metrics.upstream_failures.clone());
-        registry.register("dns_resolution_failures", "Upstream names that gave no address", metrics.dns_failures.clone());
-        registry.register("certificate_not_after_seconds", "Expiry of each loaded certificate (Unix time)", metrics.cert_not_after.clone());
-        registry.register("config_reloads", "Configuration and credential reloads, by result", metrics.reloads.clone());
-        registry.register("database_negotiations", "MySQL/PostgreSQL in-protocol TLS negotiations, by TLS sides and outcome", metrics.negotiations.clone());
-        Metrics { registry, ..metrics }
-    }
-
-    /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
-
-    /// Counts a connection closed at accept by the connection limit.
-    pub fn connection_shed(&self, listener: &str) {
-        let labels = ListenerLabels { listener: listener.to_owned() };
-        self.shed.get_or_create(&labels).inc();
-        otel(|o| o.shed.add(1, &labels.attributes()));
-    }
-
-    /// Records one upstream connect's duration.
-    pub fn upstream_connected(&self, route: &str, took: Duration) {
-        let labels = RouteLabels { route: route.to_owned() };
-        self.upstream_connect_seconds.get_or_create(&labels).observe(took.as_secs_f64());
-        otel(|o| o.upstream_connect_seconds.record(took.as_secs_f64(), &labels.attributes()));
-    }
-
-    /// Counts a connection that got its route and passed authorization.
-    pub fn connection_opened(&self, labels: &ConnectionLabels) {
-        self.opened.get_or_create(labels).inc();
-        otel(|o| o.opened.add(1, &labels.attributes()));
-    }
-
-    /// Counts a finished connection: its bytes, how it ended, and the refusal reason
-    /// (a handshake failure) if it was refused.
-    pub fn connection_closed(&self, labels: &ConnectionLabels, outcome: &'static str, sent: u64, received: u64, refusal: Option<&'static str>) {
-        let attributes = labels.attributes();
-        if sent > 0 || received > 0 {
-            self.sent_bytes.get_or_create(labels).inc_by(sent);
-            self.received_bytes.get_or_create(labels).inc_by(received);
-            otel(|o| {
-                o.sent_bytes.add(sent, &attributes);
-                o.received_bytes.add(received, &attributes);
-            });
-        }
-        if let Some(reason) = refusal {
-            let refused = RefusalLabels { listener: labels.listener.clone(), reason };
-            self.handshake_failures.get_or_create(&refused).inc();
-            otel(|o| o.handshake_failures.add(1, &refused.attributes()));
-        }
-        let ConnectionLabels { listener, route, direction, mtls } = labels.clone();
-        let closed = ClosedLabels { listener, route, direction, mtls, outcome };
-        self.closed.get_or_create(&closed).inc();
-        otel(|o| o.closed.add(1, &closed.attributes()));
-    }
-
-    /// Marks a connection open on `listener` until the guard drops.
-    pub fn connection_active(&self, listener: &str) -> ActiveGuard {
-        let labels = ListenerLabels { listener: listener.to_owned() };
-        let gauge = self.active.get_or_create(&labels).clone();
-        gauge.inc();
-        otel(|o| o.active.add(1, &labels.attributes()));
-        ActiveGuard { gauge, labels }
-    }
-
-    /// Counts an upstream that could not be reached, and whether DNS was why.
-    pub fn upstream_failed(&self, route: &str, dns: bool) {
-        let labels = RouteLabels { route: route.to_owned() };
-        if dns {
-            self.dns_failures.get_or_create(&labels).inc();
-            otel(|o| o.dns_failures.add(1, &labels.attributes()));
-        }
-        self.upstream_failures.get_or_create(&labels).inc();
-        otel(|o| o.upstream_failures.add(1, &labels.attributes()));
-    }
-
-    /// Counts a database negotiation.
-    pub fn negotiated(&self, labels: &NegotiationLabels) {
-        self.negotiations.get_or_create(labels).inc();
-        otel(|o| o.negotiations.add(1, &labels.attributes()));
-    }
-
-    /// Counts a reload attempt.
-    pub fn reloaded(&self, success: bool) {
-        let labels = ReloadLabels { result: if success { "success" } else { "failure" } };
-        self.reloads.get_or_create(&labels).inc();
-        otel(|o| o.reloads.add(1, &labels.attributes()));
-    }
-
-    /// Replaces the certificate expiry series with the certificates loaded now.
-    pub fn certificates(&self, loaded: &[(CredentialLabels, f64)]) {
-        self.cert_not_after.clear();
-        for (labels, not_after) in loaded {
-            self.cert_not_after.get_or_create(labels).set(*not_after);
-            otel(|o| o.cert_not_after.record(*not_after, &labels.attributes()));
-        }
-    }
-}
-
-/// Keeps a connection counted in `strait_active_connections` while it lives.
-pub struct ActiveGuard {
-    gauge: Gauge,
-    labels: ListenerLabels,
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.gauge.dec();
-        otel(|o| o.active.add(-1, &self.labels.attributes()));
-    }
-}
-
-/// Runs `record` on the OTLP instruments when metric export is on.
-fn otel(record: impl FnOnce(&crate::otel::Instruments)) {
-    if let Some(instruments) = crate::otel::instruments() {
-        record(instruments);
-    }
-}
-
-/// Label sets as OpenTelemetry attributes, so both exports carry the same labels.
-trait Attributes {
+/// A label set that both exporters can carry.
+pub trait Labels: EncodeLabelSet + Clone + std::hash::Hash + Eq + Send + Sync + std::fmt::Debug + 'static {
+    /// The same labels as OpenTelemetry attributes.
     fn attributes(&self) -> Vec<KeyValue>;
 }
 
-macro_rules! attributes {
+macro_rules! labels {
     ($($type:ty => [$($field:ident),*]),* $(,)?) => {
-        $(impl Attributes for $type {
+        $(impl Labels for $type {
             fn attributes(&self) -> Vec<KeyValue> {
                 vec![$(KeyValue::new(stringify!($field), self.$field.clone())),*]
             }
@@ -295,7 +116,7 @@ macro_rules! attributes {
     };
 }
 
-attributes! {
+labels! {
     ConnectionLabels => [listener, route, direction, mtls],
     ClosedLabels => [listener, route, direction, mtls, outcome],
     ListenerLabels => [listener],
@@ -306,8 +127,226 @@ attributes! {
     NegotiationLabels => [route, protocol, tls, outcome],
 }
 
-/// The process's metrics (created on first use).
-pub fn get() -> &'static Metrics {
-    static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::new)
+/// Where a metric is declared: its name (without the `strait_` prefix) and help, used by
+/// both exporters.
+struct Declare<'a> {
+    registry: &'a mut Registry,
+    meter: Option<&'a Meter>,
+}
+
+impl Declare<'_> {
+    fn otlp_name(name: &str) -> String {
+        format!("strait_{name}")
+    }
+
+    fn counter<L: Labels>(&mut self, name: &'static str, help: &'static str) -> CounterVec<L> {
+        let prometheus = Family::default();
+        self.registry.register(name, help, prometheus.clone());
+        let otlp = self.meter.map(|m| m.u64_counter(Self::otlp_name(name)).with_description(help).build());
+        CounterVec { prometheus, otlp }
+    }
+
+    fn gauge<L: Labels>(&mut self, name: &'static str, help: &'static str) -> GaugeVec<L> {
+        let prometheus = Family::default();
+        self.registry.register(name, help, prometheus.clone());
+        let otlp = self.meter.map(|m| m.i64_up_down_counter(Self::otlp_name(name)).with_description(help).build());
+        GaugeVec { prometheus, otlp }
+    }
+
+    fn float_gauge<L: Labels>(&mut self, name: &'static str, help: &'static str) -> FloatGaugeVec<L> {
+        let prometheus = Family::default();
+        self.registry.register(name, help, prometheus.clone());
+        let otlp = self.meter.map(|m| m.f64_gauge(Self::otlp_name(name)).with_description(help).build());
+        FloatGaugeVec { prometheus, otlp }
+    }
+
+    fn histogram<L: Labels>(&mut self, name: &'static str, help: &'static str, buckets: fn() -> Histogram) -> HistogramVec<L> {
+        let prometheus = Family::new_with_constructor(buckets);
+        self.registry.register(name, help, prometheus.clone());
+        let otlp = self.meter.map(|m| m.f64_histogram(Self::otlp_name(name)).with_description(help).with_unit("s").build());
+        HistogramVec { prometheus, otlp }
+    }
+}
+
+/// A counter in both exports.
+pub struct CounterVec<L: Labels> {
+    prometheus: Family<L, Counter>,
+    otlp: Option<opentelemetry::metrics::Counter<u64>>,
+}
+
+impl<L: Labels> CounterVec<L> {
+    /// Adds `n` to the series `labels`.
+    pub fn add(&self, labels: &L, n: u64) {
+        self.prometheus.get_or_create(labels).inc_by(n);
+        if let Some(otlp) = &self.otlp {
+            otlp.add(n, &labels.attributes());
+        }
+    }
+}
+
+/// An up-down gauge in both exports.
+pub struct GaugeVec<L: Labels> {
+    prometheus: Family<L, Gauge>,
+    otlp: Option<opentelemetry::metrics::UpDownCounter<i64>>,
+}
+
+impl<L: Labels> GaugeVec<L> {
+    /// Moves the series `labels` by `delta`.
+    pub fn add(&self, labels: &L, delta: i64) {
+        self.prometheus.get_or_create(labels).inc_by(delta);
+        if let Some(otlp) = &self.otlp {
+            otlp.add(delta, &labels.attributes());
+        }
+    }
+}
+
+/// A gauge of absolute values in both exports.
+pub struct FloatGaugeVec<L: Labels> {
+    prometheus: Family<L, Gauge<f64, AtomicU64>>,
+    otlp: Option<opentelemetry::metrics::Gauge<f64>>,
+}
+
+impl<L: Labels> FloatGaugeVec<L> {
+    /// Replaces every series with `values`.
+    pub fn replace(&self, values: &[(L, f64)]) {
+        self.prometheus.clear();
+        for (labels, value) in values {
+            self.prometheus.get_or_create(labels).set(*value);
+            if let Some(otlp) = &self.otlp {
+                otlp.record(*value, &labels.attributes());
+            }
+        }
+    }
+}
+
+/// A histogram (seconds) in both exports.
+pub struct HistogramVec<L: Labels> {
+    prometheus: Family<L, Histogram, fn() -> Histogram>,
+    otlp: Option<opentelemetry::metrics::Histogram<f64>>,
+}
+
+impl<L: Labels> HistogramVec<L> {
+    /// Records one observation.
+    pub fn observe(&self, labels: &L, took: Duration) {
+        self.prometheus.get_or_create(labels).observe(took.as_secs_f64());
+        if let Some(otlp) = &self.otlp {
+            otlp.record(took.as_secs_f64(), &labels.attributes());
+        }
+    }
+}
+
+fn connect_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// Every metric of a gateway.
+pub struct Metrics {
+    registry: Registry,
+    /// Connections that got a route, passed authorization and reached their upstream:
+    /// counted when the relay starts, for every protocol.
+    pub opened: CounterVec<ConnectionLabels>,
+    /// Connections that ended, by outcome.
+    pub closed: CounterVec<ClosedLabels>,
+    /// Bytes to the client.
+    pub sent_bytes: CounterVec<ConnectionLabels>,
+    /// Bytes from the client.
+    pub received_bytes: CounterVec<ConnectionLabels>,
+    /// Connections open now.
+    pub active: GaugeVec<ListenerLabels>,
+    /// Connections refused (handshake failures and denials), by reason.
+    pub handshake_failures: CounterVec<RefusalLabels>,
+    /// Connections closed at accept because the listener was at its limit.
+    pub shed: CounterVec<ListenerLabels>,
+    /// Time to connect upstream (TCP plus origination TLS; for database routes, the
+    /// whole negotiation).
+    pub upstream_connect_seconds: HistogramVec<RouteLabels>,
+    /// Upstream connects that failed.
+    pub upstream_failures: CounterVec<RouteLabels>,
+    /// Names that did not resolve.
+    pub dns_failures: CounterVec<RouteLabels>,
+    /// Expiry of every loaded certificate, Unix seconds.
+    pub cert_not_after: FloatGaugeVec<CredentialLabels>,
+    /// Configuration/credential reloads by result.
+    pub reloads: CounterVec<ReloadLabels>,
+    /// Database protocol negotiations, by which sides became TLS and how they ended.
+    pub negotiations: CounterVec<NegotiationLabels>,
+}
+
+impl Metrics {
+    /// Declares every metric; `meter` also exports them over OTLP.
+    pub fn new(meter: Option<&Meter>) -> Metrics {
+        let mut registry = Registry::with_prefix("strait");
+        let mut d = Declare { registry: &mut registry, meter };
+        let metrics = Metrics {
+            opened: d.counter("tcp_connections_opened", "TCP connections opened: routed, authorized and connected upstream"),
+            closed: d.counter("tcp_connections_closed", "TCP connections closed, by outcome"),
+            sent_bytes: d.counter("tcp_sent_bytes", "Bytes sent to the downstream client"),
+            received_bytes: d.counter("tcp_received_bytes", "Bytes received from the downstream client"),
+            active: d.gauge("active_connections", "Connections open now"),
+            handshake_failures: d.counter("handshake_failures", "Connections refused before they were relayed, by reason"),
+            shed: d.counter("connections_shed", "Connections closed at accept: the listener was at max_connections"),
+            upstream_connect_seconds: d.histogram(
+                "upstream_connect_seconds",
+                "Time to connect upstream, TCP plus origination handshake",
+                connect_histogram,
+            ),
+            upstream_failures: d.counter("upstream_connect_failures", "Upstream connects that failed on every address"),
+            dns_failures: d.counter("dns_resolution_failures", "Upstream names that gave no address"),
+            cert_not_after: d.float_gauge("certificate_not_after_seconds", "Expiry of each loaded certificate (Unix time)"),
+            reloads: d.counter("config_reloads", "Configuration and credential reloads, by result"),
+            negotiations: d.counter("database_negotiations", "MySQL/PostgreSQL in-protocol TLS negotiations, by TLS sides and outcome"),
+            registry: Registry::default(),
+        };
+        Metrics { registry, ..metrics }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a reload attempt.
+    pub fn reloaded(&self, success: bool) {
+        self.reloads.add(&ReloadLabels { result: if success { "success" } else { "failure" } }, 1);
+    }
+
+    /// Marks a connection open on `listener` until the guard drops.
+    pub fn connection_active(self: &std::sync::Arc<Self>, listener: &str) -> ActiveGuard {
+        let labels = ListenerLabels { listener: listener.to_owned() };
+        self.active.add(&labels, 1);
+        ActiveGuard { metrics: self.clone(), labels }
+    }
+}
+
+/// Keeps a connection counted in `strait_active_connections` while it lives.
+pub struct ActiveGuard {
+    metrics: std::sync::Arc<Metrics>,
+    labels: ListenerLabels,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.metrics.active.add(&self.labels, -1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_exports_share_names_and_a_gauge_returns_to_zero() {
+        let metrics = std::sync::Arc::new(Metrics::new(None));
+        let labels = ConnectionLabels { listener: "l".into(), route: "r".into(), direction: "outbound", mtls: "false" };
+        metrics.opened.add(&labels, 1);
+        let guard = metrics.connection_active("l");
+        assert!(metrics.encode().contains("strait_active_connections{listener=\"l\"} 1"), "{}", metrics.encode());
+        drop(guard);
+        let text = metrics.encode();
+        assert!(text.contains("strait_tcp_connections_opened_total{listener=\"l\",route=\"r\",direction=\"outbound\",mtls=\"false\"} 1"), "{text}");
+        assert!(text.contains("strait_active_connections{listener=\"l\"} 0"), "{text}");
+        assert!(text.contains("# HELP strait_tcp_connections_opened TCP connections opened"), "{text}");
+    }
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use crate::error::{ConnError, Op, Side};
+
 /// Size of each direction's copy buffer while data streams: one TLS record's worth of
 /// plaintext.
 const BUFFER_SIZE: usize = 16 * 1024;
@@ -22,40 +24,36 @@ const BUFFER_SIZE: usize = 16 * 1024;
 /// short again.
 const IDLE_BUFFER_SIZE: usize = 512;
 
-/// What a finished relay moved, and why it ended.
+/// What the relay moved so far, kept in the connection record so a connection cut
+/// mid-relay still reports its bytes.
 #[derive(Debug, Default)]
-pub struct RelayOutcome {
+pub struct Moved {
     /// Bytes read from the downstream client and written upstream.
     pub from_downstream: u64,
     /// Bytes read from upstream and written to the downstream client.
     pub from_upstream: u64,
-    /// `None` when both sides closed cleanly; otherwise which side failed and how.
-    pub error: Option<String>,
 }
 
 /// Copies both ways between `downstream` and `upstream` until both directions finish,
-/// either fails, or no byte moves either way for `idle_timeout`.
-pub async fn relay<D, U>(downstream: D, upstream: U, idle_timeout: Duration) -> RelayOutcome
+/// either fails, or no byte moves either way for `idle_timeout`; counts into `moved`.
+pub async fn relay<D, U>(downstream: D, upstream: U, idle_timeout: Duration, moved: &mut Moved) -> Result<(), ConnError>
 where
     D: AsyncRead + AsyncWrite,
     U: AsyncRead + AsyncWrite,
 {
     let (mut down_read, mut down_write) = tokio::io::split(downstream);
     let (mut up_read, mut up_write) = tokio::io::split(upstream);
-    let mut outcome = RelayOutcome::default();
     let activity = Activity::new();
-    let result = tokio::select! {
+    tokio::select! {
         copied = async {
             tokio::try_join!(
-                pump(&mut down_read, &mut up_write, &mut outcome.from_downstream, &activity, "downstream", "upstream"),
-                pump(&mut up_read, &mut down_write, &mut outcome.from_upstream, &activity, "upstream", "downstream"),
+                pump(&mut down_read, &mut up_write, &mut moved.from_downstream, &activity, Side::Downstream, Side::Upstream),
+                pump(&mut up_read, &mut down_write, &mut moved.from_upstream, &activity, Side::Upstream, Side::Downstream),
             )
             .map(|_| ())
         } => copied,
-        idle = activity.expired(idle_timeout) => Err(idle),
-    };
-    outcome.error = result.err();
-    outcome
+        () = activity.expired(idle_timeout) => Err(ConnError::Idle(idle_timeout)),
+    }
 }
 
 /// When bytes last moved in either direction, for the idle timeout; and how many
@@ -78,11 +76,11 @@ impl Activity {
     }
 
     /// Resolves once nothing has moved for `limit`.
-    async fn expired(&self, limit: Duration) -> String {
+    async fn expired(&self, limit: Duration) {
         loop {
             let deadline = self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + limit;
             if Instant::now() >= deadline {
-                return format!("idle timeout: no bytes either way for {limit:?}");
+                return;
             }
             tokio::time::sleep_until(deadline).await;
         }
@@ -90,7 +88,7 @@ impl Activity {
 }
 
 /// Copies one direction until EOF, then shuts down the writer to pass the EOF on.
-async fn pump<R, W>(reader: &mut R, writer: &mut W, moved: &mut u64, activity: &Activity, from: &str, to: &str) -> Result<(), String>
+async fn pump<R, W>(reader: &mut R, writer: &mut W, moved: &mut u64, activity: &Activity, from: Side, to: Side) -> Result<(), ConnError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -108,10 +106,10 @@ where
             // A reset after the other direction already closed is the peer's abortive
             // close of a finished exchange (a database after COM_QUIT, say), not a failure.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && activity.finished.load(Ordering::Relaxed) > 0 => break,
-            Err(e) => return Err(format!("{from} read: {e}")),
+            Err(source) => return Err(ConnError::Relay { side: from, op: Op::Read, source }),
         };
         let streaming = n == buffer.len();
-        writer.write_all(&buffer[..n]).await.map_err(|e| format!("{to} write: {e}"))?;
+        writer.write_all(&buffer[..n]).await.map_err(|source| ConnError::Relay { side: to, op: Op::Write, source })?;
         *moved += n as u64;
         if streaming && large.is_empty() {
             large = vec![0u8; BUFFER_SIZE];
@@ -119,13 +117,13 @@ where
             large = Vec::new();
         }
     }
-    writer.flush().await.map_err(|e| format!("{to} flush: {e}"))?;
+    writer.flush().await.map_err(|source| ConnError::Relay { side: to, op: Op::Flush, source })?;
     activity.finished.fetch_add(1, Ordering::Relaxed);
     match writer.shutdown().await {
         Ok(()) => Ok(()),
         // The peer may already be gone after its own close; the data was delivered.
         Err(e) if e.kind() == std::io::ErrorKind::NotConnected => Ok(()),
-        Err(e) => Err(format!("{to} shutdown: {e}")),
+        Err(source) => Err(ConnError::Relay { side: to, op: Op::Shutdown, source }),
     }
 }
 
@@ -138,7 +136,10 @@ mod tests {
     async fn half_close_still_carries_the_reply() {
         let (client, down) = duplex(64);
         let (up, server) = duplex(64);
-        let relay = tokio::spawn(relay(down, up, Duration::from_secs(60)));
+        let relay = tokio::spawn(async move {
+            let mut moved = Moved::default();
+            relay(down, up, Duration::from_secs(60), &mut moved).await.map(|()| moved)
+        });
         let (mut client_read, mut client_write) = tokio::io::split(client);
         let (mut server_read, mut server_write) = tokio::io::split(server);
         client_write.write_all(b"question").await.unwrap();
@@ -151,16 +152,18 @@ mod tests {
         let mut answer = Vec::new();
         client_read.read_to_end(&mut answer).await.unwrap();
         assert_eq!(answer, b"answer");
-        let outcome = relay.await.unwrap();
-        assert_eq!((outcome.from_downstream, outcome.from_upstream), (8, 6));
-        assert!(outcome.error.is_none(), "{:?}", outcome.error);
+        let moved = relay.await.unwrap().expect("a clean close");
+        assert_eq!((moved.from_downstream, moved.from_upstream), (8, 6));
     }
 
     #[tokio::test]
     async fn bulk_then_small_writes_arrive_intact() {
         let (client, down) = duplex(64 * 1024);
         let (up, server) = duplex(64 * 1024);
-        let relay = tokio::spawn(relay(down, up, Duration::from_secs(60)));
+        let relay = tokio::spawn(async move {
+            let mut moved = Moved::default();
+            relay(down, up, Duration::from_secs(60), &mut moved).await.map(|()| moved)
+        });
         let (mut client_read, mut client_write) = tokio::io::split(client);
         let data: Vec<u8> = (0..1_000_003u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         let sent = data.clone();
@@ -178,14 +181,15 @@ mod tests {
         server_write.shutdown().await.unwrap();
         let mut rest = Vec::new();
         client_read.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(relay.await.unwrap().from_downstream, data.len() as u64 + 4);
+        assert_eq!(relay.await.unwrap().unwrap().from_downstream, data.len() as u64 + 4);
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_connection_is_closed() {
         let (_client, down) = duplex(64);
         let (up, _server) = duplex(64);
-        let outcome = relay(down, up, Duration::from_secs(5)).await;
-        assert!(outcome.error.unwrap().starts_with("idle timeout"));
+        let mut moved = Moved::default();
+        let ended = relay(down, up, Duration::from_secs(5), &mut moved).await;
+        assert!(matches!(ended, Err(ConnError::Idle(_))), "{ended:?}");
     }
 }

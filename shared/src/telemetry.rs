@@ -2,7 +2,7 @@
 //! (the admin port's `/logging`, like `istioctl proxy-config log --level`).
 
 use std::io::IsTerminal;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -18,13 +18,32 @@ pub enum LogFormat {
     Json,
 }
 
-static FILTER: OnceLock<(reload::Handle<EnvFilter, Registry>, std::sync::Mutex<String>)> = OnceLock::new();
+/// Changes the log filter of the running process; the admin port's `/logging` holds one.
+pub struct LogControl {
+    handle: reload::Handle<EnvFilter, Registry>,
+    current: Mutex<String>,
+}
+
+impl LogControl {
+    /// Replaces the log filter.
+    pub fn set_level(&self, level: &str) -> Result<(), String> {
+        self.handle.reload(parse(level)?).map_err(|e| e.to_string())?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = level.to_owned();
+        tracing::warn!(level, "log level changed");
+        Ok(())
+    }
+
+    /// The filter in force.
+    pub fn level(&self) -> String {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
 
 /// Logs to stderr at `level` (a level or an `EnvFilter` directive such as
 /// `info,strait::access=warn`). Lines are written by a background thread, so a worker
 /// never waits on stderr for an access-log line; when that thread falls behind, workers
 /// wait rather than drop lines. Keep the returned guard until exit: dropping it flushes.
-pub fn init(level: &str, format: LogFormat) -> Result<tracing_appender::non_blocking::WorkerGuard, String> {
+pub fn init(level: &str, format: LogFormat) -> Result<(tracing_appender::non_blocking::WorkerGuard, LogControl), String> {
     let filter = parse(level)?;
     let (filter, handle) = reload::Layer::new(filter);
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
@@ -35,8 +54,7 @@ pub fn init(level: &str, format: LogFormat) -> Result<tracing_appender::non_bloc
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
     };
     installed.map_err(|e| e.to_string())?;
-    let _ = FILTER.set((handle, std::sync::Mutex::new(level.to_owned())));
-    Ok(guard)
+    Ok((guard, LogControl { handle, current: Mutex::new(level.to_owned()) }))
 }
 
 /// Parses a filter, refusing a bare word that is not a level: `EnvFilter` would take
@@ -49,20 +67,6 @@ fn parse(level: &str) -> Result<EnvFilter, String> {
         }
     }
     EnvFilter::try_new(level).map_err(|e| format!("log level {level:?}: {e}"))
-}
-
-/// Replaces the log filter of the running process.
-pub fn set_level(level: &str) -> Result<(), String> {
-    let (handle, current) = FILTER.get().ok_or("logging is not initialised")?;
-    handle.reload(parse(level)?).map_err(|e| e.to_string())?;
-    *current.lock().unwrap_or_else(|p| p.into_inner()) = level.to_owned();
-    tracing::warn!(level, "log level changed");
-    Ok(())
-}
-
-/// The filter in force.
-pub fn level() -> String {
-    FILTER.get().map(|(_, current)| current.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -21,29 +21,32 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 
-use crate::access_log::{AccessLog, Outcome, Refusal};
+use crate::access_log::Sides;
 use crate::config::{Protocol, SslMode};
+use crate::error::ConnError;
 use crate::identity::Identity;
-use crate::resolve::Resolver;
 use crate::route::Route;
-use crate::upstream::Stream;
+use crate::upstream::{Dialer, Stream};
 
 /// Largest packet accepted before the relay starts (greetings, startup and auth
 /// packets are far smaller; this only bounds what a hostile peer can make us hold).
 pub const MAX_NEGOTIATION_PACKET: usize = 64 * 1024;
 
-/// Runs `route`'s protocol negotiation; returns the two streams, ready to relay.
-pub async fn negotiate(route: &Route, downstream: Stream, resolver: &Resolver, log: &mut AccessLog, timeout: Duration) -> Result<(Stream, Stream), Outcome> {
+/// Runs the route's protocol negotiation within `timeout`: `dial` reaches the upstream
+/// when the protocol says so, and `sides` learns the client's identity, the upstream
+/// address and which sides became TLS. Returns the two streams, ready to relay.
+pub async fn negotiate(downstream: Stream, dial: &Dialer<'_>, sides: &mut Sides, timeout: Duration) -> Result<(Stream, Stream), ConnError> {
+    let protocol = dial.route.protocol;
     let negotiation = async {
-        match route.protocol {
-            Protocol::Mysql => mysql::negotiate(route, downstream, resolver, log).await,
-            Protocol::Postgres => postgres::negotiate(route, downstream, resolver, log).await,
+        match protocol {
+            Protocol::Mysql => mysql::negotiate(downstream, dial, sides).await,
+            Protocol::Postgres => postgres::negotiate(downstream, dial, sides).await,
             Protocol::Tcp => unreachable!("tcp routes have no negotiation"),
         }
     };
     match tokio::time::timeout(timeout, negotiation).await {
         Ok(result) => result,
-        Err(_) => Err(Outcome::Refused(Refusal::Timeout, format!("{} negotiation not finished within {timeout:?}", route.protocol.as_str()))),
+        Err(_) => Err(ConnError::NegotiationTimeout { protocol: protocol.as_str(), limit: timeout }),
     }
 }
 
@@ -58,67 +61,50 @@ fn client_side(route: &Route, downstream: &Stream) -> SslMode {
 
 /// Refuses to go on if the peer sent anything after its TLS request: those bytes would
 /// otherwise be taken as part of the TLS session.
-async fn nothing_pending(tcp: &TcpStream, who: &str) -> Result<(), Outcome> {
+async fn nothing_pending(tcp: &TcpStream, who: &str) -> Result<(), ConnError> {
     let mut probe = [0u8; 1];
     let pending = matches!(tokio::time::timeout(Duration::ZERO, tcp.peek(&mut probe)).await, Ok(Ok(n)) if n > 0);
     if pending {
-        return Err(Outcome::Refused(Refusal::Other, format!("{who} sent data after its TLS request, before the handshake: refused (CVE-2021-23214 class)")));
+        return Err(ConnError::client(format!("{who} sent data after its TLS request, before the handshake: refused (CVE-2021-23214 class)")));
     }
     Ok(())
 }
 
 /// Terminates the client's in-protocol TLS with the route's server config; records
 /// the client's identity.
-async fn accept_client_tls(route: &Route, tcp: TcpStream, log: &mut AccessLog) -> Result<Stream, Outcome> {
+async fn accept_client_tls(route: &Route, tcp: TcpStream, sides: &mut Sides) -> Result<Stream, ConnError> {
     let config = route.downstream_ssl.server.clone().expect("TLS is only offered with a server config");
-    let tls = TlsAcceptor::from(config)
-        .accept(tcp)
-        .await
-        .map_err(|e| Outcome::Refused(Refusal::of_handshake(&e), format!("client TLS handshake (inside {}) failed: {e}", route.protocol.as_str())))?;
-    log.identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(Identity::from_cert);
-    log.mtls = log.identity.is_some();
-    log.downstream_tls = true;
+    let tls = TlsAcceptor::from(config).accept(tcp).await.map_err(|source| ConnError::ProtocolHandshake { protocol: route.protocol.as_str(), source })?;
+    sides.identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(Identity::from_cert);
+    sides.downstream_tls = true;
     Ok(Either::Right(tls.into()))
 }
 
 /// The route's allow list, checked once the client's identity is known.
-fn authorize(route: &Route, log: &AccessLog) -> Result<(), Outcome> {
-    if route.allow.allows(log.identity.as_ref()) {
+fn authorize(route: &Route, sides: &Sides) -> Result<(), ConnError> {
+    if route.allow.allows(sides.identity.as_ref()) {
         return Ok(());
     }
-    Err(crate::connection::denied(route, log))
+    Err(ConnError::Denied { identity: sides.identity.clone(), route: route.name.clone() })
 }
 
 /// Reads exactly `n` bytes (for length-prefixed messages read without over-reading).
-async fn read_exact_vec<S: AsyncRead + Unpin>(stream: &mut S, n: usize, what: &str) -> Result<Vec<u8>, Outcome> {
+async fn read_exact_vec<S: AsyncRead + Unpin>(stream: &mut S, n: usize, what: &str) -> Result<Vec<u8>, ConnError> {
     let mut buf = vec![0u8; n];
-    stream.read_exact(&mut buf).await.map_err(|e| Outcome::Refused(Refusal::ClientClosed, format!("{what}: {e}")))?;
+    stream.read_exact(&mut buf).await.map_err(|e| ConnError::client_closed(format!("{what}: {e}")))?;
     Ok(buf)
 }
 
-/// An upstream failure during negotiation.
-fn upstream_failed(what: impl Into<String>) -> Outcome {
-    Outcome::UpstreamFailed(what.into())
-}
-
-/// A protocol violation by the client.
-fn client_error(what: impl Into<String>) -> Outcome {
-    Outcome::Refused(Refusal::Other, what.into())
-}
-
 /// The server's TLS, with our connection, bounded by the caller's timeout.
-async fn originate(route: &Route, tcp: TcpStream, addr: std::net::SocketAddr, log: &mut AccessLog) -> Result<Stream, Outcome> {
-    let stream = crate::upstream::originate(route, addr, tcp).await.map_err(|e| upstream_failed(e.to_string()))?;
-    log.upstream_tls = matches!(stream, Either::Right(_));
+async fn originate(dial: &Dialer<'_>, tcp: TcpStream, addr: std::net::SocketAddr, sides: &mut Sides) -> Result<Stream, ConnError> {
+    let stream = dial.originate(addr, tcp).await?;
+    sides.upstream_tls = matches!(stream, Either::Right(_));
     Ok(stream)
 }
 
 /// Shared by the two protocols: connects TCP to the route's upstream.
-async fn connect(route: &Route, resolver: &Resolver, log: &mut AccessLog) -> Result<(TcpStream, std::net::SocketAddr), Outcome> {
-    let (tcp, addr) = crate::upstream::connect_tcp(route, resolver).await.map_err(|e| {
-        crate::metrics::get().upstream_failed(&route.name, matches!(e, crate::upstream::UpstreamError::Resolve(_)));
-        upstream_failed(e.to_string())
-    })?;
-    log.upstream = Some(addr);
+async fn connect(dial: &Dialer<'_>, sides: &mut Sides) -> Result<(TcpStream, std::net::SocketAddr), ConnError> {
+    let (tcp, addr) = dial.tcp().await?;
+    sides.upstream = Some(addr);
     Ok((tcp, addr))
 }

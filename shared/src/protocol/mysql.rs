@@ -13,12 +13,11 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::either::Either;
 
-use super::{accept_client_tls, authorize, client_error, client_side, connect, originate, upstream_failed, MAX_NEGOTIATION_PACKET};
-use crate::access_log::{AccessLog, Outcome, Refusal};
+use super::{accept_client_tls, authorize, client_side, connect, originate, MAX_NEGOTIATION_PACKET};
+use crate::access_log::Sides;
+use crate::error::ConnError;
 use crate::config::SslMode;
-use crate::resolve::Resolver;
-use crate::route::Route;
-use crate::upstream::Stream;
+use crate::upstream::{Dialer, Stream};
 
 /// Capability flag: the peer can switch to TLS.
 pub const CLIENT_SSL: u32 = 0x0000_0800;
@@ -208,100 +207,100 @@ fn error_message(payload: &[u8]) -> String {
     String::from_utf8_lossy(text).into_owned()
 }
 
-/// Tells the client why, in MySQL's own terms, then ends with `outcome`.
-async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(client: &mut PacketStream<S>, seq: u8, code: u16, outcome: Outcome) -> Outcome {
-    let message = format!("strait: {}", outcome.reason());
+/// Tells the client why, in MySQL's own terms, then ends with `error`.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(client: &mut PacketStream<S>, seq: u8, code: u16, error: ConnError) -> ConnError {
+    let message = format!("strait: {error}");
     let _ = client.write(&error_packet(seq, code, &message), "client").await;
-    outcome
+    error
 }
 
 /// Sends the server our SSL request and upgrades (when the route originates TLS), then
 /// the client's handshake response with CLIENT_SSL matching; returns the server stream
 /// and the sequence id the response went out with.
 async fn upgrade_server(
-    route: &Route,
+    dial: &Dialer<'_>,
     mut server: PacketStream<Stream>,
     greeting_seq: u8,
     response: &Packet,
     addr: std::net::SocketAddr,
-    log: &mut AccessLog,
-) -> Result<(PacketStream<Stream>, u8), Outcome> {
-    let upstream_tls = route.origination.is_some();
+    sides: &mut Sides,
+) -> Result<(PacketStream<Stream>, u8), ConnError> {
+    let upstream_tls = dial.route.origination.is_some();
     let mut seq = greeting_seq.wrapping_add(1);
     if upstream_tls {
         let request = Packet { seq, payload: with_ssl_flag(&response.payload[..SSL_REQUEST_LEN], true) };
-        server.write(&request, "server").await.map_err(upstream_failed)?;
+        server.write(&request, "server").await.map_err(ConnError::upstream)?;
         let PacketStream { stream, buffer } = server;
         let Either::Left(tcp) = stream else { unreachable!("the upstream starts plain") };
         if !buffer.is_empty() {
-            return Err(upstream_failed("the server sent data after its greeting, before the TLS handshake"));
+            return Err(ConnError::upstream("the server sent data after its greeting, before the TLS handshake"));
         }
-        server = PacketStream::new(originate(route, tcp, addr, log).await?);
+        server = PacketStream::new(originate(dial, tcp, addr, sides).await?);
         seq = seq.wrapping_add(1);
     }
     let forwarded = Packet { seq, payload: with_ssl_flag(&response.payload, upstream_tls) };
-    server.write(&forwarded, "server").await.map_err(upstream_failed)?;
+    server.write(&forwarded, "server").await.map_err(ConnError::upstream)?;
     Ok((server, seq))
 }
 
 /// The MySQL connection phase through the gateway; see the module documentation.
-pub async fn negotiate(route: &Route, downstream: Stream, resolver: &Resolver, log: &mut AccessLog) -> Result<(Stream, Stream), Outcome> {
+pub async fn negotiate(downstream: Stream, dial: &Dialer<'_>, sides: &mut Sides) -> Result<(Stream, Stream), ConnError> {
+    let route = dial.route;
     let client_mode = client_side(route, &downstream);
     let mut client = PacketStream::new(downstream);
-    let (tcp, addr) = match connect(route, resolver, log).await {
+    let (tcp, addr) = match connect(dial, sides).await {
         Ok(connected) => connected,
         Err(outcome) => return Err(refuse(&mut client, 0, ER_HANDSHAKE_ERROR, outcome).await),
     };
     let mut server = PacketStream::new(Either::Left(tcp));
     let hello = match server.read("server").await {
         Ok(hello) => hello,
-        Err(e) => return Err(refuse(&mut client, 0, ER_HANDSHAKE_ERROR, upstream_failed(e)).await),
+        Err(e) => return Err(refuse(&mut client, 0, ER_HANDSHAKE_ERROR, ConnError::upstream(e)).await),
     };
     let greeting = match parse_greeting(&hello.payload) {
         Ok(g) => g,
-        Err(e) => return Err(refuse(&mut client, 0, ER_HANDSHAKE_ERROR, upstream_failed(e)).await),
+        Err(e) => return Err(refuse(&mut client, 0, ER_HANDSHAKE_ERROR, ConnError::upstream(e)).await),
     };
     if route.origination.is_some() && greeting.capabilities & CLIENT_SSL == 0 {
-        let outcome = upstream_failed("the server does not offer TLS (no CLIENT_SSL in its greeting): refusing to fall back to plaintext");
+        let outcome = ConnError::upstream("the server does not offer TLS (no CLIENT_SSL in its greeting): refusing to fall back to plaintext");
         return Err(refuse(&mut client, 0, ER_HANDSHAKE_ERROR, outcome).await);
     }
     let offer = client_mode != SslMode::Disabled;
     let greeting_out = Packet { seq: hello.seq, payload: greeting_with_ssl(&hello.payload, &greeting, offer) };
-    client.write(&greeting_out, "client").await.map_err(client_error)?;
+    client.write(&greeting_out, "client").await.map_err(ConnError::client)?;
 
     // The client's answer: an SSL request, or its handshake response in plaintext.
-    let first = client.read_exact("client").await.map_err(client_error)?;
+    let first = client.read_exact("client").await.map_err(ConnError::client)?;
     let caps = match client_capabilities(&first.payload) {
         Ok(caps) => caps,
-        Err(e) => return Err(refuse(&mut client, first.seq.wrapping_add(1), ER_HANDSHAKE_ERROR, client_error(e)).await),
+        Err(e) => return Err(refuse(&mut client, first.seq.wrapping_add(1), ER_HANDSHAKE_ERROR, ConnError::client(e)).await),
     };
     let (mut client, response) = if is_ssl_request(&first.payload, caps) {
         if !offer {
-            return Err(client_error("the client sent an SSL request although TLS was not offered"));
+            return Err(ConnError::client("the client sent an SSL request although TLS was not offered"));
         }
         // What follows in the socket is the client's ClientHello: the TLS handshake takes
         // it from there, and anything that is not TLS fails that handshake.
         let Either::Left(tcp) = client.stream else { unreachable!("TLS is only offered to plain clients") };
-        let mut client = PacketStream::new(accept_client_tls(route, tcp, log).await?);
-        let response = client.read("client").await.map_err(client_error)?;
+        let mut client = PacketStream::new(accept_client_tls(route, tcp, sides).await?);
+        let response = client.read("client").await.map_err(ConnError::client)?;
         if let Err(e) = client_capabilities(&response.payload) {
-            return Err(refuse(&mut client, response.seq.wrapping_add(1), ER_HANDSHAKE_ERROR, client_error(e)).await);
+            return Err(refuse(&mut client, response.seq.wrapping_add(1), ER_HANDSHAKE_ERROR, ConnError::client(e)).await);
         }
         (client, response)
     } else {
         if client_mode == SslMode::Required {
-            let outcome = Outcome::Refused(Refusal::Plaintext, "the client did not request TLS, which this route requires".into());
-            return Err(refuse(&mut client, first.seq.wrapping_add(1), ER_SECURE_TRANSPORT_REQUIRED, outcome).await);
+            return Err(refuse(&mut client, first.seq.wrapping_add(1), ER_SECURE_TRANSPORT_REQUIRED, ConnError::ClientNotTls).await);
         }
         (client, first)
     };
-    if let Err(outcome) = authorize(route, log) {
+    if let Err(outcome) = authorize(route, sides) {
         return Err(refuse(&mut client, response.seq.wrapping_add(1), ER_HANDSHAKE_ERROR, outcome).await);
     }
 
     // Upstream: our own SSL request, then the client's response with CLIENT_SSL set.
     let reply_seq = response.seq.wrapping_add(1);
-    let (mut server, upstream_seq) = match upgrade_server(route, server, hello.seq, &response, addr, log).await {
+    let (mut server, upstream_seq) = match upgrade_server(dial, server, hello.seq, &response, addr, sides).await {
         Ok(upgraded) => upgraded,
         Err(outcome) => return Err(refuse(&mut client, reply_seq, ER_HANDSHAKE_ERROR, outcome).await),
     };
@@ -317,28 +316,28 @@ pub async fn negotiate(route: &Route, downstream: Stream, resolver: &Resolver, l
                 let mut packet = match packet {
                     Ok(packet) => packet,
                     Err(e) => {
-                        let why = if log.upstream_tls && e.contains("alert") {
+                        let why = if sides.upstream_tls && e.contains("alert") {
                             format!("the server ended our TLS session ({e}): check that its client CA trusts this route's client certificate")
                         } else {
                             e
                         };
-                        return Err(refuse(&mut client, next_to_client, ER_HANDSHAKE_ERROR, upstream_failed(why)).await);
+                        return Err(refuse(&mut client, next_to_client, ER_HANDSHAKE_ERROR, ConnError::upstream(why)).await);
                     }
                 };
                 packet.seq = packet.seq.wrapping_sub(shift);
                 next_to_client = packet.seq.wrapping_add(1);
-                client.write(&packet, "client").await.map_err(client_error)?;
+                client.write(&packet, "client").await.map_err(ConnError::client)?;
                 match packet.payload.first() {
                     Some(0x00) => break,
-                    Some(0xff) => return Err(Outcome::Refused(Refusal::Other, format!("the server refused the login: {}", error_message(&packet.payload)))),
+                    Some(0xff) => return Err(ConnError::LoginRefused(error_message(&packet.payload))),
                     _ => {}
                 }
             }
             packet = client.read("client") => {
-                let mut packet = packet.map_err(client_error)?;
+                let mut packet = packet.map_err(ConnError::client)?;
                 next_to_client = packet.seq.wrapping_add(1);
                 packet.seq = packet.seq.wrapping_add(shift);
-                server.write(&packet, "server").await.map_err(upstream_failed)?;
+                server.write(&packet, "server").await.map_err(ConnError::upstream)?;
             }
         }
     }
@@ -346,10 +345,10 @@ pub async fn negotiate(route: &Route, downstream: Stream, resolver: &Resolver, l
     let (mut down, client_rest) = (client.stream, client.buffer);
     let (mut up, server_rest) = (server.stream, server.buffer);
     if !client_rest.is_empty() {
-        up.write_all(&client_rest).await.map_err(|e| upstream_failed(e.to_string()))?;
+        up.write_all(&client_rest).await.map_err(|e| ConnError::upstream(e.to_string()))?;
     }
     if !server_rest.is_empty() {
-        down.write_all(&server_rest).await.map_err(|e| client_error(e.to_string()))?;
+        down.write_all(&server_rest).await.map_err(|e| ConnError::client(e.to_string()))?;
     }
     Ok((down, up))
 }

@@ -11,12 +11,11 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::either::Either;
 
-use super::{accept_client_tls, authorize, client_error, client_side, connect, nothing_pending, originate, read_exact_vec, upstream_failed};
-use crate::access_log::{AccessLog, Outcome, Refusal};
+use super::{accept_client_tls, authorize, client_side, connect, nothing_pending, originate, read_exact_vec};
+use crate::access_log::Sides;
+use crate::error::ConnError;
 use crate::config::SslMode;
-use crate::resolve::Resolver;
-use crate::route::Route;
-use crate::upstream::Stream;
+use crate::upstream::{Dialer, Stream};
 
 /// SSLRequest's code (1234 << 16 | 5679).
 pub const SSL_REQUEST: u32 = 80_877_103;
@@ -66,13 +65,13 @@ pub fn startup_length(header: [u8; 4]) -> Result<usize, String> {
     Ok(len)
 }
 
-async fn read_startup<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Startup, Outcome> {
+async fn read_startup<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Startup, ConnError> {
     let mut header = [0u8; 4];
-    stream.read_exact(&mut header).await.map_err(|e| Outcome::Refused(Refusal::ClientClosed, format!("startup packet: {e}")))?;
-    let len = startup_length(header).map_err(client_error)?;
+    stream.read_exact(&mut header).await.map_err(|e| ConnError::client_closed(format!("startup packet: {e}")))?;
+    let len = startup_length(header).map_err(ConnError::client)?;
     let mut message = header.to_vec();
     message.extend(read_exact_vec(stream, len - 4, "startup packet").await?);
-    parse_startup(&message).map_err(client_error)
+    parse_startup(&message).map_err(ConnError::client)
 }
 
 /// An ErrorResponse the client's library shows as a PostgreSQL error.
@@ -90,14 +89,15 @@ pub fn error_response(code: &str, message: &str) -> Vec<u8> {
     out
 }
 
-async fn refuse<S: AsyncWrite + Unpin>(client: &mut S, code: &str, outcome: Outcome) -> Outcome {
-    let _ = client.write_all(&error_response(code, &format!("strait: {}", outcome.reason()))).await;
+async fn refuse<S: AsyncWrite + Unpin>(client: &mut S, code: &str, error: ConnError) -> ConnError {
+    let _ = client.write_all(&error_response(code, &format!("strait: {error}"))).await;
     let _ = client.flush().await;
-    outcome
+    error
 }
 
 /// The PostgreSQL start-up through the gateway; see the module documentation.
-pub async fn negotiate(route: &Route, downstream: Stream, resolver: &Resolver, log: &mut AccessLog) -> Result<(Stream, Stream), Outcome> {
+pub async fn negotiate(downstream: Stream, dial: &Dialer<'_>, sides: &mut Sides) -> Result<(Stream, Stream), ConnError> {
+    let route = dial.route;
     let client_mode = client_side(route, &downstream);
     let mut client = downstream;
     let mut first = read_startup(&mut client).await?;
@@ -117,7 +117,7 @@ pub async fn negotiate(route: &Route, downstream: Stream, resolver: &Resolver, l
                 nothing_pending(&tcp, "the client").await?;
                 let mut plain = tcp;
                 write(&mut plain, b"S").await?;
-                client = accept_client_tls(route, plain, log).await?;
+                client = accept_client_tls(route, plain, sides).await?;
                 first = read_startup(&mut client).await?;
             }
             _ => break,
@@ -125,11 +125,10 @@ pub async fn negotiate(route: &Route, downstream: Stream, resolver: &Resolver, l
     }
     let message = match first {
         Startup::Startup(message) => {
-            if client_mode == SslMode::Required && !log.downstream_tls {
-                let outcome = Outcome::Refused(Refusal::Plaintext, "the client did not request TLS, which this route requires".into());
-                return Err(refuse(&mut client, "28000", outcome).await);
+            if client_mode == SslMode::Required && !sides.downstream_tls {
+                return Err(refuse(&mut client, "28000", ConnError::ClientNotTls).await);
             }
-            if let Err(outcome) = authorize(route, log) {
+            if let Err(outcome) = authorize(route, sides) {
                 return Err(refuse(&mut client, "28000", outcome).await);
             }
             message
@@ -137,46 +136,46 @@ pub async fn negotiate(route: &Route, downstream: Stream, resolver: &Resolver, l
         // A cancel is authorized by its secret key, as PostgreSQL itself does; libpq
         // before 17 sends it in plaintext even for TLS sessions.
         Startup::Cancel(message) => message,
-        other => return Err(refuse(&mut client, "08P01", client_error(format!("unexpected {other:?} after the TLS negotiation"))).await),
+        other => return Err(refuse(&mut client, "08P01", ConnError::client(format!("unexpected {other:?} after the TLS negotiation"))).await),
     };
-    let mut server = match connect_server(route, resolver, log).await {
+    let mut server = match connect_server(dial, sides).await {
         Ok(server) => server,
         Err(outcome) => return Err(refuse(&mut client, "08006", outcome).await),
     };
-    server.write_all(&message).await.map_err(|e| upstream_failed(format!("server write: {e}")))?;
-    server.flush().await.map_err(|e| upstream_failed(format!("server flush: {e}")))?;
+    server.write_all(&message).await.map_err(|e| ConnError::upstream(format!("server write: {e}")))?;
+    server.flush().await.map_err(|e| ConnError::upstream(format!("server flush: {e}")))?;
     Ok((client, server))
 }
 
 /// Connects to the server and, when the route originates TLS, negotiates it: our
 /// SSLRequest must be answered `S`.
-async fn connect_server(route: &Route, resolver: &Resolver, log: &mut AccessLog) -> Result<Stream, Outcome> {
-    let (mut tcp, addr) = connect(route, resolver, log).await?;
-    if route.origination.is_none() {
+async fn connect_server(dial: &Dialer<'_>, sides: &mut Sides) -> Result<Stream, ConnError> {
+    let (mut tcp, addr) = connect(dial, sides).await?;
+    if dial.route.origination.is_none() {
         return Ok(Either::Left(tcp));
     }
     let mut request = 8u32.to_be_bytes().to_vec();
     request.extend_from_slice(&SSL_REQUEST.to_be_bytes());
-    tcp.write_all(&request).await.map_err(|e| upstream_failed(format!("server write: {e}")))?;
+    tcp.write_all(&request).await.map_err(|e| ConnError::upstream(format!("server write: {e}")))?;
     let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await.map_err(|e| upstream_failed(format!("server closed after our SSLRequest: {e}")))?;
+    tcp.read_exact(&mut answer).await.map_err(|e| ConnError::upstream(format!("server closed after our SSLRequest: {e}")))?;
     match answer[0] {
         b'S' => {
             // Nothing may follow `S` before our ClientHello (CVE-2021-23222: injected
             // bytes taken as part of the session).
             nothing_pending(&tcp, "the server")
                 .await
-                .map_err(|_| upstream_failed("the server sent data after S, before the TLS handshake: refused (CVE-2021-23222 class)"))?;
-            originate(route, tcp, addr, log).await
+                .map_err(|_| ConnError::upstream("the server sent data after S, before the TLS handshake: refused (CVE-2021-23222 class)"))?;
+            originate(dial, tcp, addr, sides).await
         }
-        b'N' => Err(upstream_failed("the server answered N to our SSLRequest (no TLS): refusing to fall back to plaintext")),
-        other => Err(upstream_failed(format!("the server answered {:?} to our SSLRequest", other as char))),
+        b'N' => Err(ConnError::upstream("the server answered N to our SSLRequest (no TLS): refusing to fall back to plaintext")),
+        other => Err(ConnError::upstream(format!("the server answered {:?} to our SSLRequest", other as char))),
     }
 }
 
-async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> Result<(), Outcome> {
-    stream.write_all(bytes).await.map_err(|e| client_error(format!("client write: {e}")))?;
-    stream.flush().await.map_err(|e| client_error(format!("client flush: {e}")))
+async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> Result<(), ConnError> {
+    stream.write_all(bytes).await.map_err(|e| ConnError::client(format!("client write: {e}")))?;
+    stream.flush().await.map_err(|e| ConnError::client(format!("client flush: {e}")))
 }
 
 #[cfg(test)]
