@@ -16,6 +16,13 @@ missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
 done
+# The house rules' tools (e2e/test.sh): cargo-deny from crates.io, pinned.
+CARGO_DENY_VERSION=0.20.2
+if ! PATH="$PATH:$HOME/.cargo/bin" cargo deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
+  echo "installing cargo-deny $CARGO_DENY_VERSION (cargo install, a few minutes once)"
+  cargo install --locked --quiet "cargo-deny@$CARGO_DENY_VERSION"
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 # PostgreSQL's server binaries live outside PATH.
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)

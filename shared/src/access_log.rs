@@ -253,7 +253,10 @@ mod tests {
         r.moved.from_downstream = 7;
         drop(r);
         let text = recorder.metrics.encode();
-        assert!(text.contains("strait_tcp_connections_closed_total{listener=\"plain\",route=\"db\",direction=\"outbound\",mtls=\"false\",outcome=\"drained\"} 1"), "{text}");
+        assert!(
+            text.contains("strait_tcp_connections_closed_total{listener=\"plain\",route=\"db\",direction=\"outbound\",mtls=\"false\",outcome=\"drained\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("strait_tcp_received_bytes_total{listener=\"plain\",route=\"db\",direction=\"outbound\",mtls=\"false\"} 7"), "{text}");
         assert!(text.contains("strait_active_connections{listener=\"plain\"} 0"), "{text}");
     }

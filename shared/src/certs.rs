@@ -16,10 +16,20 @@ use time::{Duration, OffsetDateTime};
 pub enum CertsError {
     /// rcgen refused the parameters (a name that is not IA5, say).
     #[error("cannot make certificate {name:?}: {source}")]
-    Generate { name: String, source: rcgen::Error },
+    Generate {
+        /// The certificate being made.
+        name: String,
+        /// What rcgen said.
+        source: rcgen::Error,
+    },
     /// The output could not be written.
     #[error("cannot write {path}: {source}")]
-    Write { path: std::path::PathBuf, source: std::io::Error },
+    Write {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why it could not be written.
+        source: std::io::Error,
+    },
 }
 
 /// Key algorithm for every key made.

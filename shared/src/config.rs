@@ -509,7 +509,8 @@ impl Config {
             let at = |field: &str| format!("listener[{i}] ({}).{field}", l.get_ref().name);
             self.validate_listener(role, l, &route_names, &at)?;
             let addr = l.get_ref().address.expect("defaults gave TLS listeners an address");
-            if !addresses.insert(addr) {
+            // Port 0 asks the kernel for a free port: any number of listeners may.
+            if addr.port() != 0 && !addresses.insert(addr) {
                 return Err(self.invalid(l.span(), at("address"), format!("{addr} is already bound by another listener")));
             }
         }

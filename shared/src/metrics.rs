@@ -285,11 +285,7 @@ impl Metrics {
             active: d.gauge("active_connections", "Connections open now"),
             handshake_failures: d.counter("handshake_failures", "Connections refused before they were relayed, by reason"),
             shed: d.counter("connections_shed", "Connections closed at accept: the listener was at max_connections"),
-            upstream_connect_seconds: d.histogram(
-                "upstream_connect_seconds",
-                "Time to connect upstream, TCP plus origination handshake",
-                connect_histogram,
-            ),
+            upstream_connect_seconds: d.histogram("upstream_connect_seconds", "Time to connect upstream, TCP plus origination handshake", connect_histogram),
             upstream_failures: d.counter("upstream_connect_failures", "Upstream connects that failed on every address"),
             dns_failures: d.counter("dns_resolution_failures", "Upstream names that gave no address"),
             cert_not_after: d.float_gauge("certificate_not_after_seconds", "Expiry of each loaded certificate (Unix time)"),

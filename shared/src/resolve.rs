@@ -19,7 +19,12 @@ pub enum ResolveError {
     Setup(String),
     /// The lookup failed or returned no address.
     #[error("no DNS answer for {host}: {reason}")]
-    Lookup { host: String, reason: String },
+    Lookup {
+        /// The name looked up.
+        host: String,
+        /// Why it gave nothing, in words.
+        reason: String,
+    },
 }
 
 /// Shared by every connection of a process.

@@ -149,9 +149,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Handle
     let mut gateway = Gateway::start(&options, changes_tx).await?;
     if gateway.admin_settings.enabled {
         let address = options.admin_address.unwrap_or(gateway.admin_settings.address);
-        let bound = admin::serve(address, gateway.admin.clone(), gateway.admin_stop.clone())
-            .await
-            .map_err(|source| StartError::Bind { name: "admin".into(), address, source })?;
+        let bound = admin::serve(address, gateway.admin.clone(), gateway.admin_stop.clone()).await.map_err(|source| StartError::Bind {
+            name: "admin".into(),
+            address,
+            source,
+        })?;
         tracing::info!(address = %bound, "admin listening");
         gateway.admin_bound = Some(bound);
         gateway.refresh_dump(None);
@@ -286,8 +288,7 @@ impl Gateway {
     fn refresh_dump(&self, config: Option<&Config>) {
         let table = self.context.table.load();
         let listeners = self.bound_addresses.load();
-        let inputs =
-            report::DumpInputs { config, table: &table, listeners: &listeners, admin: self.admin_bound, reload: self.status.as_ref() };
+        let inputs = report::DumpInputs { config, table: &table, listeners: &listeners, admin: self.admin_bound, reload: self.status.as_ref() };
         let dump = report::config_dump(&self.admin.config_dump.load(), inputs);
         self.admin.config_dump.store(Arc::new(dump));
     }

@@ -61,9 +61,7 @@ impl Gateway {
             if self.listeners.get(&plan.name).is_some_and(|b| b.configured == plan.address) {
                 continue;
             }
-            let socket = TcpListener::bind(plan.address)
-                .await
-                .map_err(|source| StartError::Bind { name: plan.name.clone(), address: plan.address, source })?;
+            let socket = TcpListener::bind(plan.address).await.map_err(|source| StartError::Bind { name: plan.name.clone(), address: plan.address, source })?;
             fresh.push((plan.clone(), socket));
         }
         report::credentials(&table, &self.context.recorder.metrics, config.process.cert_warning_window);

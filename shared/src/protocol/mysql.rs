@@ -15,8 +15,8 @@ use tokio_util::either::Either;
 
 use super::{accept_client_tls, authorize, client_side, connect, originate, MAX_NEGOTIATION_PACKET};
 use crate::access_log::Sides;
-use crate::error::ConnError;
 use crate::config::SslMode;
+use crate::error::ConnError;
 use crate::upstream::{Dialer, Stream};
 
 /// Capability flag: the peer can switch to TLS.

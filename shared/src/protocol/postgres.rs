@@ -13,8 +13,8 @@ use tokio_util::either::Either;
 
 use super::{accept_client_tls, authorize, client_side, connect, nothing_pending, originate, read_exact_vec};
 use crate::access_log::Sides;
-use crate::error::ConnError;
 use crate::config::SslMode;
+use crate::error::ConnError;
 use crate::upstream::{Dialer, Stream};
 
 /// SSLRequest's code (1234 << 16 | 5679).
