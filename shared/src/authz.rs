@@ -164,4 +164,32 @@ mod tests {
         assert!(!list.allows(None));
         assert!(list.allows(Some(&Identity::default())));
     }
+
+    #[test]
+    fn allow_list_edge_cases() {
+        // A trailing `*` covers the rest of the path, a middle one exactly one segment.
+        let namespace = Pattern::parse("spiffe://cluster.local/ns/a/*").unwrap();
+        assert!(namespace.matches(&spiffe("spiffe://cluster.local/ns/a/sa/x")));
+        assert!(!namespace.matches(&spiffe("spiffe://cluster.local/ns/a")));
+        let exact = Pattern::parse("spiffe://cluster.local/ns/a").unwrap();
+        assert!(!exact.matches(&spiffe("spiffe://cluster.local/ns/a/")), "a trailing slash is another ID");
+        // Any of a certificate's URIs may match; kinds never cross.
+        let two = Identity { uris: vec!["spiffe://x/ns/b/sa/b".into(), "spiffe://cluster.local/ns/a/sa/y".into()], ..Identity::default() };
+        assert!(namespace.matches(&two));
+        let dns_only = Identity { dns: vec!["cluster.local".into()], ..Identity::default() };
+        assert!(!namespace.matches(&dns_only));
+        assert!(!Pattern::parse("cn:cluster.local").unwrap().matches(&dns_only), "no CN, no match");
+        // One wildcard label: not the bare domain, not two labels deep.
+        let wildcard = Pattern::parse("dns:*.Example.com").unwrap();
+        let dns = |name: &str| Identity { dns: vec![name.into()], ..Identity::default() };
+        assert!(wildcard.matches(&dns("a.example.COM")));
+        assert!(!wildcard.matches(&dns("example.com")));
+        assert!(!wildcard.matches(&dns("a.b.example.com")));
+        assert!(!wildcard.matches(&dns(".example.com")));
+        // A list allows when any entry does; order does not matter.
+        let list = AllowList(vec![Pattern::parse("cn:nobody").unwrap(), wildcard]);
+        assert!(list.allows(Some(&dns("api.example.com"))));
+        assert!(!list.allows(Some(&dns("api.example.org"))));
+        assert_eq!(Pattern::parse("dns:*.Example.com").unwrap().to_string(), "dns:*.example.com");
+    }
 }

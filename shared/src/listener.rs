@@ -121,4 +121,41 @@ mod tests {
         limit.set(3);
         assert!(limit.try_acquire().is_some());
     }
+
+    #[test]
+    fn racing_acquirers_never_exceed_the_limit() {
+        let limit = Arc::new(ConnectionLimit::new(8));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (limit, peak) = (limit.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    let mut held = Vec::new();
+                    for round in 0..5_000 {
+                        if let Some(permit) = limit.try_acquire() {
+                            held.push(permit);
+                        }
+                        peak.fetch_max(limit.open.load(Ordering::Acquire), Ordering::AcqRel);
+                        if round % 3 == 0 {
+                            held.pop();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert!(peak.load(Ordering::Acquire) <= 8, "peak {}", peak.load(Ordering::Acquire));
+        assert_eq!(limit.open.load(Ordering::Acquire), 0, "every permit was returned");
+    }
+
+    #[test]
+    fn a_closed_connection_frees_its_place() {
+        let limit = Arc::new(ConnectionLimit::new(1));
+        let only = limit.try_acquire().expect("room for one");
+        assert!(limit.try_acquire().is_none());
+        drop(only);
+        assert!(limit.try_acquire().is_some(), "a closed connection frees its place");
+    }
 }
