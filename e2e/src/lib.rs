@@ -18,7 +18,8 @@ pub use tempfile::TempDir;
 /// The `$SERVICE_URL` of the tests: the ingress's name, SNI on the cross-cluster hop.
 pub const SERVICE_HOST: &str = "db.strait.test";
 
-/// A loopback port nobody is listening on right now.
+/// A loopback port nobody is listening on right now. Racy (another process may take it
+/// before the test binds it): prefer port 0 in the config and [`Gateway::port`].
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -162,36 +163,45 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Writes `config` to `dir` and starts the binary; returns once it logs `ready`.
+    /// Writes `config` to `dir` and starts the binary; returns once it is ready, which
+    /// it says by writing its admin address to `--admin-address-path` (no log scraping).
     pub fn start(role: Role, dir: &Path, config: &str) -> Gateway {
         let name = role.binary();
-        let config_path = dir.join(format!("{name}-{}.toml", free_port()));
+        let config_path = tempfile::Builder::new().prefix(&format!("{name}-")).suffix(".toml").tempfile_in(dir).unwrap().into_temp_path();
+        let config_path = config_path.keep().unwrap();
         std::fs::write(&config_path, config).unwrap();
+        let ready_file = config_path.with_extension("admin");
         let mut command = Command::new(binary(name));
         command.arg("--config").arg(&config_path).arg("--log-level").arg("info,strait=debug");
-        command.args(["--admin-address", "127.0.0.1:0"]);
+        command.args(["--admin-address", "127.0.0.1:0"]).arg("--admin-address-path").arg(&ready_file);
         let mut proc = Proc::spawn(command, config_path.with_extension("log"));
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !proc.output().contains(" ready") {
+        let admin = loop {
+            if let Ok(address) = std::fs::read_to_string(&ready_file) {
+                break address;
+            }
             if let Some(status) = proc.try_wait() {
                 panic!("{name} exited ({status}) before it was ready:\n{}", proc.output());
             }
             assert!(Instant::now() < deadline, "{name} not ready after 20s:\n{}", proc.output());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let output = proc.output();
-        let admin_port = output
-            .lines()
-            .find(|l| l.contains("admin listening"))
-            .and_then(|l| l.split("address=").nth(1))
-            .and_then(|a| a.split_whitespace().next())
-            .and_then(|a| a.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("{name} logged no admin address:\n{output}"));
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let admin_port = admin.trim().parse::<SocketAddr>().unwrap_or_else(|e| panic!("{name} wrote {admin:?} as its admin address: {e}")).port();
         Gateway { proc, config: config_path, admin_port }
     }
 
-    /// The reference ingress ([`ingress_config`]) on a free loopback port, in front of
+    /// The port listener `name` is bound to, from `/config_dump` (so a config can say
+    /// port 0).
+    pub fn port(&self, name: &str) -> u16 {
+        let (status, body) = self.admin("GET", "/config_dump");
+        assert_eq!(status, 200, "{body}");
+        let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let address = dump["listeners"][name].as_str().unwrap_or_else(|| panic!("no listener {name:?} in {}", dump["listeners"]));
+        address.parse::<SocketAddr>().unwrap().port()
+    }
+
+    /// The reference ingress ([`ingress_config`]) on a free loopback port written into
+    /// its config (`diagnose --config` reads it from there), in front of
     /// `127.0.0.1:backend_port`; returns it and its mutual-TLS port.
     pub fn reference_ingress(pki: &Pki, backend_port: u16) -> (Gateway, u16) {
         let port = free_port();
@@ -561,14 +571,16 @@ upstream_tls = {{ mode = "mutual", dir = "{client}", sni = "{SERVICE_HOST}" }}
 impl Pair {
     /// Starts ingress then egress in front of `backend_port`.
     pub fn start(pki: &Pki, backend_port: u16) -> Pair {
-        let (ingress, ingress_port) = Gateway::reference_ingress(pki, backend_port);
-        let (plain_port, mesh_port) = (free_port(), free_port());
+        let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config(pki, 0, backend_port));
+        let ingress_port = ingress.port("mtls");
         let upstream = format!("127.0.0.1:{ingress_port}");
-        let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(pki, plain_port, mesh_port, &upstream, ""));
+        let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(pki, 0, 0, &upstream, ""));
+        let (plain_port, mesh_port) = (egress.port("mysql-plain"), egress.port("mesh"));
         Pair { egress, ingress, plain_port, mesh_port, ingress_port }
     }
 }
 
+pub mod config;
 pub mod databases;
 pub mod digest;
 pub mod dns;

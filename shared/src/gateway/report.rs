@@ -33,6 +33,12 @@ pub fn config_dump(previous: &serde_json::Value, inputs: DumpInputs<'_>) -> serd
     if let Some(config) = inputs.config {
         dump["config"] = serde_json::to_value(config).unwrap_or_default();
     }
+    // The effective configuration: a listener that asked for port 0 shows the port it got.
+    for listener in dump["config"]["listener"].as_array_mut().into_iter().flatten() {
+        if let Some(bound) = listener["name"].as_str().and_then(|name| inputs.listeners.get(name)) {
+            listener["address"] = serde_json::json!(bound.to_string());
+        }
+    }
     if let Some(bound) = inputs.admin {
         dump["admin_address"] = serde_json::json!(bound.to_string());
     }
