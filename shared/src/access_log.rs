@@ -5,6 +5,7 @@
 //! stopping is still logged and counted.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -14,7 +15,7 @@ use opentelemetry_sdk::trace::SdkTracer;
 
 use crate::error::{Class, ConnError, Outcome, UpstreamError};
 use crate::identity::Identity;
-use crate::metrics::{ActiveGuard, ClosedLabels, ConnectionLabels, Metrics, RefusalLabels, RouteLabels};
+use crate::metrics::{ActiveGuard, ClosedLabels, ConnectionLabels, IstioTcpLabels, Metrics, RefusalLabels, RouteLabels, Workload};
 use crate::relay::Moved;
 
 /// Where finished connections are recorded: one per gateway, shared by its connections.
@@ -23,6 +24,8 @@ pub struct Recorder {
     pub metrics: Arc<Metrics>,
     /// Exports a span per connection, when OTLP export is on.
     pub tracer: Option<SdkTracer>,
+    /// This gateway's workload, for Istio's metric labels.
+    pub workload: Workload,
 }
 
 /// What is known about each side of a connection; the negotiation steps fill it in.
@@ -34,6 +37,8 @@ pub struct Sides {
     pub downstream_tls: bool,
     /// The upstream address connected to, once connected.
     pub upstream: Option<SocketAddr>,
+    /// The upstream's certificate identity, once an origination handshake completed.
+    pub upstream_identity: Option<Identity>,
     /// Whether the upstream side is TLS.
     pub upstream_tls: bool,
 }
@@ -65,6 +70,8 @@ pub struct ConnectionRecord {
     pub downstream: SocketAddr,
     /// Route name, once chosen.
     pub route: Option<String>,
+    /// The route's upstream host (Istio's `destination_service`), once chosen.
+    pub destination_service: Option<String>,
     /// `tcp`, `mysql` or `postgres`, once routed.
     pub protocol: &'static str,
     /// SNI the client sent, at TLS listeners.
@@ -75,6 +82,9 @@ pub struct ConnectionRecord {
     pub moved: Moved,
     /// Whether `opened` was counted (the relay started).
     opened: bool,
+    /// Bytes (from downstream, from upstream) already reported by periodic records and
+    /// added to the byte metrics, so each report carries what moved since the last.
+    reported: [AtomicU64; 2],
     /// How it ended; `None` when the connection's task was dropped unfinished.
     end: Option<Result<(), ConnError>>,
 }
@@ -91,11 +101,13 @@ impl ConnectionRecord {
             direction,
             downstream,
             route: None,
+            destination_service: None,
             protocol: "tcp",
             sni: None,
             sides: Sides::default(),
             moved: Moved::default(),
             opened: false,
+            reported: [AtomicU64::new(0), AtomicU64::new(0)],
             end: None,
         }
     }
@@ -111,6 +123,7 @@ impl ConnectionRecord {
         if !self.opened {
             self.opened = true;
             self.recorder.metrics.opened.add(&self.labels(), 1);
+            self.recorder.metrics.istio_opened.add(&self.istio_labels("-"), 1);
         }
     }
 
@@ -132,10 +145,10 @@ impl ConnectionRecord {
     fn count(&self, class: Class, error: Option<&ConnError>) {
         let metrics = &self.recorder.metrics;
         let labels = self.labels();
-        let (sent, received) = (self.moved.from_upstream, self.moved.from_downstream);
-        if sent > 0 || received > 0 {
-            metrics.sent_bytes.add(&labels, sent);
-            metrics.received_bytes.add(&labels, received);
+        let flags = response_flags(error);
+        self.count_bytes(&labels, flags);
+        if self.opened {
+            metrics.istio_closed.add(&self.istio_labels(flags), 1);
         }
         if let Some(refusal) = class.refusal {
             metrics.handshake_failures.add(&RefusalLabels { listener: labels.listener.clone(), reason: refusal.as_str() }, 1);
@@ -155,6 +168,76 @@ impl ConnectionRecord {
         metrics.closed.add(&ClosedLabels { listener, route, direction, mtls, outcome: class.outcome.as_str() }, 1);
     }
 
+    /// Adds what moved since the last report to the byte metrics; returns that delta
+    /// (from downstream, from upstream).
+    fn count_bytes(&self, labels: &ConnectionLabels, flags: &'static str) -> (u64, u64) {
+        let (down, up) = self.moved.get();
+        let received = down - self.reported[0].swap(down, Ordering::Relaxed);
+        let sent = up - self.reported[1].swap(up, Ordering::Relaxed);
+        if sent > 0 || received > 0 {
+            let metrics = &self.recorder.metrics;
+            metrics.sent_bytes.add(labels, sent);
+            metrics.received_bytes.add(labels, received);
+            let istio = self.istio_labels(flags);
+            metrics.istio_sent_bytes.add(&istio, sent);
+            metrics.istio_received_bytes.add(&istio, received);
+        }
+        (received, sent)
+    }
+
+    /// Istio's standard labels for this connection. The egress reports as the source
+    /// (its own workload is the client side; the destination is the route's upstream and
+    /// the identity the origination peer presented), the ingress as the destination (its
+    /// own workload is the server side; the source is the verified client identity, and
+    /// `connection_security_policy` says whether it was mutual TLS).
+    fn istio_labels(&self, response_flags: &'static str) -> IstioTcpLabels {
+        let own = &self.recorder.workload;
+        let unknown = || "unknown".to_owned();
+        let principal = |id: &Option<Identity>| id.as_ref().map_or_else(unknown, |id| id.to_string());
+        let namespace_of = |id: &Option<Identity>| id.as_ref().and_then(spiffe_namespace).unwrap_or_else(unknown);
+        let service = self.destination_service.clone().unwrap_or_else(unknown);
+        let (service_name, service_namespace) = service_parts(&service);
+        let source = self.direction == "outbound";
+        let (client, server) = (&self.sides.identity, &self.sides.upstream_identity);
+        IstioTcpLabels {
+            reporter: if source { "source" } else { "destination" },
+            source_workload: if source { own.name.clone() } else { unknown() },
+            source_workload_namespace: if source { own.namespace.clone() } else { namespace_of(client) },
+            source_principal: principal(client),
+            source_canonical_service: if source { own.canonical_service.clone() } else { unknown() },
+            source_cluster: if source { own.cluster.clone() } else { unknown() },
+            destination_workload: if source { unknown() } else { own.name.clone() },
+            destination_workload_namespace: if source { namespace_of(server) } else { own.namespace.clone() },
+            destination_principal: principal(server),
+            destination_canonical_service: if source { unknown() } else { own.canonical_service.clone() },
+            destination_service_name: service_name,
+            destination_service_namespace: service_namespace,
+            destination_service: service,
+            destination_cluster: if source { unknown() } else { own.cluster.clone() },
+            request_protocol: "tcp",
+            response_flags,
+            connection_security_policy: match (source, client.is_some()) {
+                (true, _) => "unknown",
+                (false, true) => "mutual_tls",
+                (false, false) => "none",
+            },
+        }
+    }
+
+    /// The record of a connection that has just started to relay (with
+    /// `access_log_flush_interval`, like Envoy's `flush_access_log_on_connected`).
+    pub fn report_open(&self) {
+        self.write_line(Report::Open, "open", tracing::Level::INFO, "relaying", (0, 0));
+    }
+
+    /// The periodic record of a long-lived connection: the bytes since the last record,
+    /// in the line and in the metrics (Envoy's `access_log_flush_interval`), so an
+    /// hours-long database session is visible while it lives.
+    pub fn report_periodic(&self) {
+        let delta = self.count_bytes(&self.labels(), "-");
+        self.write_line(Report::Periodic, "open", tracing::Level::INFO, "relaying", delta);
+    }
+
     fn span(&self, class: Class, reason: &str, end: SystemTime) {
         let Some(tracer) = &self.recorder.tracer else { return };
         let text = |v: &Option<String>| v.clone().unwrap_or_default();
@@ -165,8 +248,8 @@ impl ConnectionRecord {
             KeyValue::new("strait.peer.identity", self.sides.identity.as_ref().map(|i| i.to_string()).unwrap_or_default()),
             KeyValue::new("tls.server_name", text(&self.sni)),
             KeyValue::new("client.address", self.downstream.to_string()),
-            KeyValue::new("strait.bytes_received", self.moved.from_downstream as i64),
-            KeyValue::new("strait.bytes_sent", self.moved.from_upstream as i64),
+            KeyValue::new("strait.bytes_received", self.moved.get().0 as i64),
+            KeyValue::new("strait.bytes_sent", self.moved.get().1 as i64),
             KeyValue::new("strait.duration_ms", self.clock.elapsed().as_millis() as i64),
             KeyValue::new("strait.outcome", class.outcome.as_str()),
             KeyValue::new("strait.reason", reason.to_owned()),
@@ -186,7 +269,8 @@ impl ConnectionRecord {
         span.end_with_timestamp(end);
     }
 
-    fn write_line(&self, class: Class, reason: &str) {
+    /// One access-log line; `bytes` are (received, sent) as this record reports them.
+    fn write_line(&self, report: Report, outcome: &str, level: tracing::Level, reason: &str, bytes: (u64, u64)) {
         let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         let start = humantime::format_rfc3339_millis(self.start).to_string();
         let route = dash(self.route.clone());
@@ -207,15 +291,16 @@ impl ConnectionRecord {
                     identity = %identity,
                     protocol = %self.protocol,
                     tls = %self.sides.tls(),
-                    bytes_received = self.moved.from_downstream,
-                    bytes_sent = self.moved.from_upstream,
+                    bytes_received = bytes.0,
+                    bytes_sent = bytes.1,
                     duration_ms,
-                    outcome = %class.outcome.as_str(),
+                    outcome = %outcome,
                     reason = %reason,
+                    record = %report.as_str(),
                 )
             };
         }
-        match class.level {
+        match level {
             tracing::Level::INFO => line!(info),
             tracing::Level::DEBUG | tracing::Level::TRACE => line!(debug),
             _ => line!(warn),
@@ -232,7 +317,56 @@ impl Drop for ConnectionRecord {
         };
         self.count(class, end.as_ref().err());
         self.span(class, &reason, SystemTime::now());
-        self.write_line(class, &reason);
+        self.write_line(Report::Close, class.outcome.as_str(), class.level, &reason, self.moved.get());
+    }
+}
+
+/// Envoy's response flags for how a connection ended, as Istio's metrics carry them.
+fn response_flags(error: Option<&ConnError>) -> &'static str {
+    match error {
+        Some(ConnError::Upstream(_)) => "UF",
+        Some(ConnError::UnknownSni(_) | ConnError::NoSni | ConnError::ListenerRemoved | ConnError::PlaintextWithoutRoute) => "NR",
+        _ => "-",
+    }
+}
+
+/// The namespace in a SPIFFE ID of Istio's form (`spiffe://td/ns/NS/sa/SA`).
+fn spiffe_namespace(identity: &Identity) -> Option<String> {
+    let uri = identity.uris.first()?;
+    let path = uri.strip_prefix("spiffe://")?.split_once('/')?.1;
+    let mut segments = path.split('/');
+    (segments.next() == Some("ns")).then(|| segments.next().map(str::to_owned)).flatten()
+}
+
+/// `mysql.default.svc.cluster.local` -> (`mysql`, `default`); another host is its own
+/// name, namespace `unknown`.
+fn service_parts(host: &str) -> (String, String) {
+    let labels: Vec<&str> = host.split('.').collect();
+    match labels.as_slice() {
+        [name, namespace, "svc", ..] => ((*name).to_owned(), (*namespace).to_owned()),
+        _ => (host.to_owned(), "unknown".to_owned()),
+    }
+}
+
+/// Which record of a connection a line is (Envoy's `%ACCESS_LOG_TYPE%`): the close record
+/// carries the totals, the others what moved since the previous record.
+#[derive(Clone, Copy, Debug)]
+enum Report {
+    /// The relay started.
+    Open,
+    /// Every `access_log_flush_interval` while it runs.
+    Periodic,
+    /// The end (always written).
+    Close,
+}
+
+impl Report {
+    fn as_str(self) -> &'static str {
+        match self {
+            Report::Open => "open",
+            Report::Periodic => "periodic",
+            Report::Close => "close",
+        }
     }
 }
 
@@ -240,17 +374,40 @@ impl Drop for ConnectionRecord {
 mod tests {
     use super::*;
 
+    fn recorder() -> Arc<Recorder> {
+        let workload =
+            Workload { name: "strait-egress".into(), namespace: "istio-system".into(), canonical_service: "strait-egress".into(), cluster: "c1".into() };
+        Arc::new(Recorder { metrics: Arc::new(Metrics::new(None)), tracer: None, workload })
+    }
+
+    #[test]
+    fn istio_labels_name_services_and_namespaces() {
+        assert_eq!(service_parts("mysql.default.svc.cluster.local"), ("mysql".into(), "default".into()));
+        assert_eq!(service_parts("db.strait.test"), ("db.strait.test".into(), "unknown".into()));
+        let id = Identity { uris: vec!["spiffe://cluster.local/ns/payments/sa/api".into()], ..Identity::default() };
+        assert_eq!(spiffe_namespace(&id).as_deref(), Some("payments"));
+        assert_eq!(spiffe_namespace(&Identity::default()), None);
+        let recorder = recorder();
+        let mut inbound = ConnectionRecord::new(recorder.clone(), Arc::from("mtls"), "inbound", "127.0.0.1:1".parse().unwrap());
+        inbound.sides.identity = Some(id);
+        inbound.destination_service = Some("mysql.default.svc.cluster.local".into());
+        let labels = inbound.istio_labels("-");
+        assert_eq!((labels.reporter, labels.connection_security_policy), ("destination", "mutual_tls"));
+        assert_eq!((labels.source_workload_namespace.as_str(), labels.destination_workload.as_str()), ("payments", "strait-egress"));
+        assert_eq!((labels.destination_service_name.as_str(), labels.destination_service_namespace.as_str()), ("mysql", "default"));
+    }
+
     fn record(recorder: &Arc<Recorder>) -> ConnectionRecord {
         ConnectionRecord::new(recorder.clone(), Arc::from("plain"), "outbound", "127.0.0.1:5000".parse().unwrap())
     }
 
     #[test]
     fn a_record_dropped_unfinished_counts_as_cut() {
-        let recorder = Arc::new(Recorder { metrics: Arc::new(Metrics::new(None)), tracer: None });
+        let recorder = recorder();
         let mut r = record(&recorder);
         r.route = Some("db".into());
         r.opened();
-        r.moved.from_downstream = 7;
+        r.moved.from_downstream.store(7, Ordering::Relaxed);
         drop(r);
         let text = recorder.metrics.encode();
         assert!(
@@ -263,7 +420,7 @@ mod tests {
 
     #[test]
     fn upstream_failures_are_counted_once_with_dns_apart() {
-        let recorder = Arc::new(Recorder { metrics: Arc::new(Metrics::new(None)), tracer: None });
+        let recorder = recorder();
         for dns in [true, false] {
             let mut r = record(&recorder);
             r.route = Some("db".into());

@@ -113,6 +113,11 @@ pub struct ListenerConfig {
     /// TCP keepalive on accepted client connections.
     #[serde(default)]
     pub tcp_keepalive: TcpKeepalive,
+    /// Envoy's `access_log_flush_interval`: when set, a connection writes an access-log
+    /// record when its relay starts and every interval while it runs (bytes since the
+    /// last record), besides the one at close, and the byte metrics follow.
+    #[serde(default, with = "humantime_serde")]
+    pub access_log_flush_interval: Option<Duration>,
 }
 
 /// TCP keepalive and the matching user timeout (Istio's DestinationRule
@@ -359,11 +364,31 @@ pub struct TelemetrySettings {
     /// How often metrics are pushed to the collector.
     #[serde(default = "default_metrics_interval", with = "humantime_serde")]
     pub metrics_interval: Duration,
+    /// This gateway's workload, for the labels of Istio's standard metrics
+    /// (`source_workload` at the egress, `destination_workload` at the ingress); default:
+    /// `$ISTIO_META_WORKLOAD_NAME`, else `$POD_NAME` without its generated suffixes.
+    pub workload_name: Option<String>,
+    /// Its namespace; default `$POD_NAMESPACE`.
+    pub workload_namespace: Option<String>,
+    /// Its canonical service (`service.istio.io/canonical-name`); default
+    /// `$CANONICAL_SERVICE`, else the workload name.
+    pub canonical_service: Option<String>,
+    /// The cluster it runs in (`source_cluster` / `destination_cluster`); default
+    /// `$ISTIO_META_CLUSTER_ID`.
+    pub cluster_id: Option<String>,
 }
 
 impl Default for TelemetrySettings {
     fn default() -> Self {
-        TelemetrySettings { otlp_endpoint: None, service_name: None, metrics_interval: default_metrics_interval() }
+        TelemetrySettings {
+            otlp_endpoint: None,
+            service_name: None,
+            metrics_interval: default_metrics_interval(),
+            workload_name: None,
+            workload_namespace: None,
+            canonical_service: None,
+            cluster_id: None,
+        }
     }
 }
 
@@ -578,6 +603,9 @@ impl Config {
             return Err(err("handshake_timeout", "must be more than 0 (it bounds how long a stranger can hold a connection)".into()));
         }
         validate_keepalive(&listener.tcp_keepalive).map_err(|(field, msg)| err(field, msg))?;
+        if listener.access_log_flush_interval.is_some_and(|every| every < Duration::from_millis(100)) {
+            return Err(err("access_log_flush_interval", "must be at least 100ms (each record is a log line per connection)".into()));
+        }
         match &listener.tls {
             None => {
                 let in_protocol_tls = |name: &String| {

@@ -25,6 +25,7 @@ use crate::metrics::{NegotiationLabels, RouteLabels};
 use crate::relay::relay;
 use crate::resolve::Resolver;
 use crate::route::{Route, RouteTable, Routing, TlsRouting};
+use crate::stream::PeerIdentity;
 use crate::upstream::{Dialer, Stream};
 
 /// First byte of every TLS record carrying a handshake message (the ClientHello).
@@ -78,6 +79,7 @@ async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord)
         Routing::Tls(routing) => Box::pin(accept(tcp, routing, record)).await?,
     };
     record.route = Some(route.name.clone());
+    record.destination_service = Some(route.host.clone());
     record.protocol = route.protocol.as_str();
     tracing::Span::current().record("route", route.name.as_str());
     let dial = Dialer { route: &route, resolver: &context.resolver };
@@ -87,6 +89,7 @@ async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord)
         let (upstream, address) = Box::pin(dial.connect()).await?;
         record.sides.upstream = Some(address);
         record.sides.upstream_tls = route.origination.is_some();
+        record.sides.upstream_identity = upstream.peer_identity();
         (downstream, upstream)
     } else {
         // A client already inside TLS is judged before the database sees a connection
@@ -107,8 +110,20 @@ async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord)
     record.metrics().upstream_connect_seconds.observe(&RouteLabels { route: route.name.clone() }, connecting.elapsed());
     record.opened();
     let (downstream, upstream) = upstream;
+    let record: &ConnectionRecord = record;
     // Boxed, like the set-up stages: the task itself then stays small.
-    Box::pin(relay(downstream, upstream, route.idle_timeout, &mut record.moved)).await
+    let mut relaying = Box::pin(relay(downstream, upstream, route.idle_timeout, &record.moved));
+    let Some(every) = plan.flush_interval else {
+        return relaying.await;
+    };
+    record.report_open();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            ended = &mut relaying => return ended,
+            _ = ticks.tick() => record.report_periodic(),
+        }
+    }
 }
 
 /// The route's allow list against the client's identity.

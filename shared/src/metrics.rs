@@ -100,6 +100,89 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// Istio's standard TCP metric labels, so Istio's Grafana dashboards and Kiali's graph
+/// (the mTLS lock is `connection_security_policy="mutual_tls"` from the destination
+/// reporter) work on Strait unchanged. Bounded like Istio's: by workloads and identities.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IstioTcpLabels {
+    /// `source` at the egress (it reports as the client side), `destination` at the
+    /// ingress (the server side of the cross-cluster edge).
+    pub reporter: &'static str,
+    /// The client workload (this gateway's at the egress; `unknown` when not known).
+    pub source_workload: String,
+    /// Its namespace (at the ingress: from the client's SPIFFE ID).
+    pub source_workload_namespace: String,
+    /// The client's identity (`spiffe://...`), `unknown` without one.
+    pub source_principal: String,
+    /// The client's canonical service.
+    pub source_canonical_service: String,
+    /// The client's cluster.
+    pub source_cluster: String,
+    /// The server workload (this gateway's at the ingress).
+    pub destination_workload: String,
+    /// Its namespace.
+    pub destination_workload_namespace: String,
+    /// The server's identity: the origination peer's SPIFFE ID at the egress.
+    pub destination_principal: String,
+    /// The server's canonical service.
+    pub destination_canonical_service: String,
+    /// The route's upstream host, as Istio names a service (`mysql.default.svc.cluster.local`).
+    pub destination_service: String,
+    /// Its first label (`mysql`).
+    pub destination_service_name: String,
+    /// Its namespace when it is a cluster service name, else `unknown`.
+    pub destination_service_namespace: String,
+    /// The server's cluster.
+    pub destination_cluster: String,
+    /// Always `tcp` (Istio's TCP metrics).
+    pub request_protocol: &'static str,
+    /// Envoy's response flags: `-`, `UF` (upstream connection failure), `NR` (no route).
+    pub response_flags: &'static str,
+    /// `mutual_tls` or `none` at the destination reporter, `unknown` at the source.
+    pub connection_security_policy: &'static str,
+}
+
+/// This gateway's own workload, as Istio's labels name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// `source_workload` / `destination_workload`.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its canonical service.
+    pub canonical_service: String,
+    /// Its cluster.
+    pub cluster: String,
+}
+
+impl Workload {
+    /// From the `[telemetry]` settings, else the pod environment Kubernetes and Istio
+    /// set (`ISTIO_META_WORKLOAD_NAME`, `POD_NAME`, `POD_NAMESPACE`, `CANONICAL_SERVICE`,
+    /// `ISTIO_META_CLUSTER_ID`), else `unknown`.
+    pub fn from(settings: &crate::config::TelemetrySettings, env: impl Fn(&str) -> Option<String>) -> Workload {
+        let pick = |set: &Option<String>, vars: &[&str]| set.clone().or_else(|| vars.iter().find_map(|v| env(v).filter(|s| !s.is_empty())));
+        let name = pick(&settings.workload_name, &["ISTIO_META_WORKLOAD_NAME"]).or_else(|| env("POD_NAME").map(|pod| deployment_of(&pod)));
+        let name = name.unwrap_or_else(|| "unknown".into());
+        Workload {
+            canonical_service: pick(&settings.canonical_service, &["CANONICAL_SERVICE"]).unwrap_or_else(|| name.clone()),
+            namespace: pick(&settings.workload_namespace, &["POD_NAMESPACE"]).unwrap_or_else(|| "unknown".into()),
+            cluster: pick(&settings.cluster_id, &["ISTIO_META_CLUSTER_ID"]).unwrap_or_else(|| "unknown".into()),
+            name,
+        }
+    }
+}
+
+/// A Deployment's pod name without the ReplicaSet hash and pod suffix
+/// (`strait-egress-7c9f8d6b5-x2x4q` -> `strait-egress`), as Istio derives it.
+fn deployment_of(pod: &str) -> String {
+    let parts: Vec<&str> = pod.split('-').collect();
+    if parts.len() >= 3 {
+        parts[..parts.len() - 2].join("-")
+    } else {
+        pod.to_owned()
+    }
+}
+
 /// A label set that both exporters can carry.
 pub trait Labels: EncodeLabelSet + Clone + std::hash::Hash + Eq + Send + Sync + std::fmt::Debug + 'static {
     /// The same labels as OpenTelemetry attributes.
@@ -125,6 +208,10 @@ labels! {
     CredentialLabels => [file, serial],
     ReloadLabels => [result],
     NegotiationLabels => [route, protocol, tls, outcome],
+    IstioTcpLabels => [reporter, source_workload, source_workload_namespace, source_principal, source_canonical_service, source_cluster,
+        destination_workload, destination_workload_namespace, destination_principal, destination_canonical_service, destination_service,
+        destination_service_name, destination_service_namespace, destination_cluster, request_protocol, response_flags,
+        connection_security_policy],
 }
 
 /// Where a metric is declared: its name (without the `strait_` prefix) and help, used by
@@ -132,38 +219,44 @@ labels! {
 struct Declare<'a> {
     registry: &'a mut Registry,
     meter: Option<&'a Meter>,
+    /// `strait_` for Strait's own metrics, empty for Istio's.
+    prefix: &'static str,
 }
 
 impl Declare<'_> {
-    fn otlp_name(name: &str) -> String {
-        format!("strait_{name}")
+    fn otlp_name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
     }
 
     fn counter<L: Labels>(&mut self, name: &'static str, help: &'static str) -> CounterVec<L> {
         let prometheus = Family::default();
         self.registry.register(name, help, prometheus.clone());
-        let otlp = self.meter.map(|m| m.u64_counter(Self::otlp_name(name)).with_description(help).build());
+        let otlp_name = self.otlp_name(name);
+        let otlp = self.meter.map(|m| m.u64_counter(otlp_name).with_description(help).build());
         CounterVec { prometheus, otlp }
     }
 
     fn gauge<L: Labels>(&mut self, name: &'static str, help: &'static str) -> GaugeVec<L> {
         let prometheus = Family::default();
         self.registry.register(name, help, prometheus.clone());
-        let otlp = self.meter.map(|m| m.i64_up_down_counter(Self::otlp_name(name)).with_description(help).build());
+        let otlp_name = self.otlp_name(name);
+        let otlp = self.meter.map(|m| m.i64_up_down_counter(otlp_name).with_description(help).build());
         GaugeVec { prometheus, otlp }
     }
 
     fn float_gauge<L: Labels>(&mut self, name: &'static str, help: &'static str) -> FloatGaugeVec<L> {
         let prometheus = Family::default();
         self.registry.register(name, help, prometheus.clone());
-        let otlp = self.meter.map(|m| m.f64_gauge(Self::otlp_name(name)).with_description(help).build());
+        let otlp_name = self.otlp_name(name);
+        let otlp = self.meter.map(|m| m.f64_gauge(otlp_name).with_description(help).build());
         FloatGaugeVec { prometheus, otlp }
     }
 
     fn histogram<L: Labels>(&mut self, name: &'static str, help: &'static str, buckets: fn() -> Histogram) -> HistogramVec<L> {
         let prometheus = Family::new_with_constructor(buckets);
         self.registry.register(name, help, prometheus.clone());
-        let otlp = self.meter.map(|m| m.f64_histogram(Self::otlp_name(name)).with_description(help).with_unit("s").build());
+        let otlp_name = self.otlp_name(name);
+        let otlp = self.meter.map(|m| m.f64_histogram(otlp_name).with_description(help).with_unit("s").build());
         HistogramVec { prometheus, otlp }
     }
 }
@@ -270,14 +363,31 @@ pub struct Metrics {
     pub reloads: CounterVec<ReloadLabels>,
     /// Database protocol negotiations, by which sides became TLS and how they ended.
     pub negotiations: CounterVec<NegotiationLabels>,
+    /// Istio's `istio_tcp_connections_opened_total`, with Istio's labels.
+    pub istio_opened: CounterVec<IstioTcpLabels>,
+    /// Istio's `istio_tcp_connections_closed_total`.
+    pub istio_closed: CounterVec<IstioTcpLabels>,
+    /// Istio's `istio_tcp_sent_bytes_total` (bytes to the client).
+    pub istio_sent_bytes: CounterVec<IstioTcpLabels>,
+    /// Istio's `istio_tcp_received_bytes_total` (bytes from the client).
+    pub istio_received_bytes: CounterVec<IstioTcpLabels>,
 }
 
 impl Metrics {
     /// Declares every metric; `meter` also exports them over OTLP.
     pub fn new(meter: Option<&Meter>) -> Metrics {
-        let mut registry = Registry::with_prefix("strait");
-        let mut d = Declare { registry: &mut registry, meter };
+        let mut registry = Registry::default();
+        let mut istio = Declare { registry: &mut registry, meter, prefix: "" };
+        let istio_opened = istio.counter("istio_tcp_connections_opened", "Istio standard metric: TCP connections opened");
+        let istio_closed = istio.counter("istio_tcp_connections_closed", "Istio standard metric: TCP connections closed");
+        let istio_sent_bytes = istio.counter("istio_tcp_sent_bytes", "Istio standard metric: bytes sent to the client");
+        let istio_received_bytes = istio.counter("istio_tcp_received_bytes", "Istio standard metric: bytes received from the client");
+        let mut d = Declare { registry: registry.sub_registry_with_prefix("strait"), meter, prefix: "strait_" };
         let metrics = Metrics {
+            istio_opened,
+            istio_closed,
+            istio_sent_bytes,
+            istio_received_bytes,
             opened: d.counter("tcp_connections_opened", "TCP connections opened: routed, authorized and connected upstream"),
             closed: d.counter("tcp_connections_closed", "TCP connections closed, by outcome"),
             sent_bytes: d.counter("tcp_sent_bytes", "Bytes sent to the downstream client"),
@@ -331,6 +441,21 @@ impl Drop for ActiveGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workload_from_settings_then_pod_environment() {
+        let env = |var: &str| match var {
+            "POD_NAME" => Some("strait-egress-7c9f8d6b5-x2x4q".to_owned()),
+            "POD_NAMESPACE" => Some("istio-system".to_owned()),
+            _ => None,
+        };
+        let from_env = Workload::from(&crate::config::TelemetrySettings::default(), env);
+        assert_eq!(from_env.name, "strait-egress");
+        assert_eq!((from_env.namespace.as_str(), from_env.canonical_service.as_str(), from_env.cluster.as_str()), ("istio-system", "strait-egress", "unknown"));
+        let settings = crate::config::TelemetrySettings { cluster_id: Some("client-cluster".into()), workload_name: Some("gw".into()), ..Default::default() };
+        let set = Workload::from(&settings, env);
+        assert_eq!((set.name.as_str(), set.cluster.as_str()), ("gw", "client-cluster"));
+    }
 
     #[test]
     fn both_exports_share_names_and_a_gauge_returns_to_zero() {

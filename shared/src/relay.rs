@@ -25,18 +25,25 @@ const BUFFER_SIZE: usize = 16 * 1024;
 const IDLE_BUFFER_SIZE: usize = 512;
 
 /// What the relay moved so far, kept in the connection record so a connection cut
-/// mid-relay still reports its bytes.
+/// mid-relay still reports its bytes, and a long one can be reported while it runs.
 #[derive(Debug, Default)]
 pub struct Moved {
     /// Bytes read from the downstream client and written upstream.
-    pub from_downstream: u64,
+    pub from_downstream: AtomicU64,
     /// Bytes read from upstream and written to the downstream client.
-    pub from_upstream: u64,
+    pub from_upstream: AtomicU64,
+}
+
+impl Moved {
+    /// (from downstream, from upstream) so far.
+    pub fn get(&self) -> (u64, u64) {
+        (self.from_downstream.load(Ordering::Relaxed), self.from_upstream.load(Ordering::Relaxed))
+    }
 }
 
 /// Copies both ways between `downstream` and `upstream` until both directions finish,
 /// either fails, or no byte moves either way for `idle_timeout`; counts into `moved`.
-pub async fn relay<D, U>(downstream: D, upstream: U, idle_timeout: Duration, moved: &mut Moved) -> Result<(), ConnError>
+pub async fn relay<D, U>(downstream: D, upstream: U, idle_timeout: Duration, moved: &Moved) -> Result<(), ConnError>
 where
     D: AsyncRead + AsyncWrite,
     U: AsyncRead + AsyncWrite,
@@ -47,8 +54,8 @@ where
     tokio::select! {
         copied = async {
             tokio::try_join!(
-                pump(&mut down_read, &mut up_write, &mut moved.from_downstream, &activity, Side::Downstream, Side::Upstream),
-                pump(&mut up_read, &mut down_write, &mut moved.from_upstream, &activity, Side::Upstream, Side::Downstream),
+                pump(&mut down_read, &mut up_write, &moved.from_downstream, &activity, Side::Downstream, Side::Upstream),
+                pump(&mut up_read, &mut down_write, &moved.from_upstream, &activity, Side::Upstream, Side::Downstream),
             )
             .map(|_| ())
         } => copied,
@@ -88,7 +95,7 @@ impl Activity {
 }
 
 /// Copies one direction until EOF, then shuts down the writer to pass the EOF on.
-async fn pump<R, W>(reader: &mut R, writer: &mut W, moved: &mut u64, activity: &Activity, from: Side, to: Side) -> Result<(), ConnError>
+async fn pump<R, W>(reader: &mut R, writer: &mut W, moved: &AtomicU64, activity: &Activity, from: Side, to: Side) -> Result<(), ConnError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -110,7 +117,7 @@ where
         };
         let streaming = n == buffer.len();
         writer.write_all(&buffer[..n]).await.map_err(|source| ConnError::Relay { side: to, op: Op::Write, source })?;
-        *moved += n as u64;
+        moved.fetch_add(n as u64, Ordering::Relaxed);
         if streaming && large.is_empty() {
             large = vec![0u8; BUFFER_SIZE];
         } else if !streaming && n < IDLE_BUFFER_SIZE {
@@ -137,8 +144,8 @@ mod tests {
         let (client, down) = duplex(64);
         let (up, server) = duplex(64);
         let relay = tokio::spawn(async move {
-            let mut moved = Moved::default();
-            relay(down, up, Duration::from_secs(60), &mut moved).await.map(|()| moved)
+            let moved = Moved::default();
+            relay(down, up, Duration::from_secs(60), &moved).await.map(|()| moved.get())
         });
         let (mut client_read, mut client_write) = tokio::io::split(client);
         let (mut server_read, mut server_write) = tokio::io::split(server);
@@ -153,7 +160,7 @@ mod tests {
         client_read.read_to_end(&mut answer).await.unwrap();
         assert_eq!(answer, b"answer");
         let moved = relay.await.unwrap().expect("a clean close");
-        assert_eq!((moved.from_downstream, moved.from_upstream), (8, 6));
+        assert_eq!(moved, (8, 6));
     }
 
     #[tokio::test]
@@ -161,8 +168,8 @@ mod tests {
         let (client, down) = duplex(64 * 1024);
         let (up, server) = duplex(64 * 1024);
         let relay = tokio::spawn(async move {
-            let mut moved = Moved::default();
-            relay(down, up, Duration::from_secs(60), &mut moved).await.map(|()| moved)
+            let moved = Moved::default();
+            relay(down, up, Duration::from_secs(60), &moved).await.map(|()| moved.get())
         });
         let (mut client_read, mut client_write) = tokio::io::split(client);
         let data: Vec<u8> = (0..1_000_003u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
@@ -181,15 +188,15 @@ mod tests {
         server_write.shutdown().await.unwrap();
         let mut rest = Vec::new();
         client_read.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(relay.await.unwrap().unwrap().from_downstream, data.len() as u64 + 4);
+        assert_eq!(relay.await.unwrap().unwrap().0, data.len() as u64 + 4);
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_connection_is_closed() {
         let (_client, down) = duplex(64);
         let (up, _server) = duplex(64);
-        let mut moved = Moved::default();
-        let ended = relay(down, up, Duration::from_secs(5), &mut moved).await;
+        let moved = Moved::default();
+        let ended = relay(down, up, Duration::from_secs(5), &moved).await;
         assert!(matches!(ended, Err(ConnError::Idle(_))), "{ended:?}");
     }
 }

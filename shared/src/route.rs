@@ -131,6 +131,8 @@ pub struct ListenerPlan {
     pub routing: Routing,
     /// Keepalive on accepted sockets.
     pub keepalive: TcpKeepalive,
+    /// How often a relaying connection writes a periodic access-log record, if at all.
+    pub flush_interval: Option<Duration>,
 }
 
 /// The whole routing state of a process: what a reload replaces.
@@ -169,6 +171,7 @@ impl RouteTable {
                 handshake_timeout: listener.handshake_timeout,
                 routing,
                 keepalive: listener.tcp_keepalive,
+                flush_interval: listener.access_log_flush_interval,
             }));
         }
         Ok(RouteTable { listeners, credentials: loaded.0.into_values().collect() })

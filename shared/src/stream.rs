@@ -11,6 +11,21 @@ use tokio_util::either::Either;
 /// Plain TCP or TLS; what the relay pumps between.
 pub type Stream = Either<TcpStream, TlsConn>;
 
+/// The identity a stream's peer proved with its certificate, if it is TLS and sent one.
+pub trait PeerIdentity {
+    /// The peer's certificate identity.
+    fn peer_identity(&self) -> Option<crate::identity::Identity>;
+}
+
+impl PeerIdentity for Stream {
+    fn peer_identity(&self) -> Option<crate::identity::Identity> {
+        match self {
+            Either::Left(_) => None,
+            Either::Right(tls) => tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(crate::identity::Identity::from_cert),
+        }
+    }
+}
+
 /// A TLS connection that also sends what rustls queued while reading.
 ///
 /// tokio-rustls writes TLS records only when its writer is polled. Records rustls

@@ -225,7 +225,8 @@ impl Gateway {
             None => None,
         };
         let metrics = Arc::new(Metrics::new(otel.as_ref().map(|o| &o.meter)));
-        let recorder = Arc::new(Recorder { metrics: metrics.clone(), tracer: otel.as_ref().map(|o| o.tracer.clone()) });
+        let workload = crate::metrics::Workload::from(&config.telemetry, |var| std::env::var(var).ok());
+        let recorder = Arc::new(Recorder { metrics: metrics.clone(), tracer: otel.as_ref().map(|o| o.tracer.clone()), workload });
         let inputs = watch::fingerprint(&config.watched_files());
         report::insecure_settings(&config, role);
         let table = RouteTable::build(&config)?;

@@ -26,6 +26,7 @@ use crate::config::{Protocol, SslMode};
 use crate::error::ConnError;
 use crate::identity::Identity;
 use crate::route::Route;
+use crate::stream::PeerIdentity;
 use crate::upstream::{Dialer, Stream};
 
 /// Largest packet accepted before the relay starts (greetings, startup and auth
@@ -99,6 +100,7 @@ async fn read_exact_vec<S: AsyncRead + Unpin>(stream: &mut S, n: usize, what: &s
 async fn originate(dial: &Dialer<'_>, tcp: TcpStream, addr: std::net::SocketAddr, sides: &mut Sides) -> Result<Stream, ConnError> {
     let stream = dial.originate(addr, tcp).await?;
     sides.upstream_tls = matches!(stream, Either::Right(_));
+    sides.upstream_identity = stream.peer_identity();
     Ok(stream)
 }
 
