@@ -72,9 +72,9 @@ $bin/strait-ingress check --config "$work/ingress.toml"
 $bin/strait-egress check --config "$work/egress.toml"
 
 step "starting strait-ingress ($SERVER_IP:13306) and strait-egress ($CLIENT_IP:3306, $CLIENT_IP:15443)"
-$bin/strait-ingress --config "$work/ingress.toml" --admin-address $SERVER_IP:15021 2>"$work/ingress.log" &
+$bin/strait-ingress --config "$work/ingress.toml" --admin-address $SERVER_IP:15000 --health-address $SERVER_IP:15021 --metrics-address $SERVER_IP:15090 2>"$work/ingress.log" &
 pids+=($!)
-$bin/strait-egress --config "$work/egress.toml" --admin-address $CLIENT_IP:15021 2>"$work/egress.log" &
+$bin/strait-egress --config "$work/egress.toml" --admin-address $CLIENT_IP:15000 --health-address $CLIENT_IP:15021 --metrics-address $CLIENT_IP:15090 2>"$work/egress.log" &
 pids+=($!)
 wait_port $SERVER_IP 13306
 wait_port $CLIENT_IP 3306
@@ -112,9 +112,9 @@ if mariadb -h $SERVER_IP -P 13306 -uapp -papp --skip-ssl --connect-timeout=3 -e 
 fi
 echo "refused, as it should be"
 
-step "the ingress's admin port: readiness and the Istio-named TCP metrics"
+step "the ingress's health port (15021) and Prometheus port (15090, Istio's metric names)"
 curl_get() { exec 3<>"/dev/tcp/$1/$2"; printf 'GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' "$3" >&3; cat <&3; exec 3<&-; }
 curl_get $SERVER_IP 15021 /healthz/ready | tail -1
-curl_get $SERVER_IP 15021 /metrics | grep -E '^strait_tcp_connections_(opened|closed)_total|^strait_handshake_failures_total' || fail "no metrics on the admin port"
+curl_get $SERVER_IP 15090 /stats/prometheus | grep -E '^istio_tcp_connections_opened_total|^strait_tcp_connections_(opened|closed)_total|^strait_handshake_failures_total' || fail "no metrics on the metrics port"
 
 printf '\nDEMO OK: a plain MySQL client wrote and read through egress -> mTLS -> ingress -> MariaDB.\n'

@@ -173,7 +173,8 @@ impl Gateway {
         let ready_file = config_path.with_extension("admin");
         let mut command = Command::new(binary(name));
         command.arg("--config").arg(&config_path).arg("--log-level").arg("info,strait=debug");
-        command.args(["--admin-address", "127.0.0.1:0"]).arg("--admin-address-path").arg(&ready_file);
+        command.args(["--admin-address", "127.0.0.1:0", "--health-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0"]);
+        command.arg("--admin-address-path").arg(&ready_file);
         let mut proc = Proc::spawn(command, config_path.with_extension("log"));
         let deadline = Instant::now() + Duration::from_secs(20);
         let admin = loop {

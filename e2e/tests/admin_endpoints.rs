@@ -186,7 +186,7 @@ fn ready_answers_503_while_draining_after_sigterm() {
     let echo = EchoServer::start();
     let (_ingress, ingress_port) = Gateway::reference_ingress(&pki, echo.port);
     let (plain_port, mesh_port) = (free_port(), free_port());
-    let drain = "\n[process]\ndrain_timeout = \"60s\"\n";
+    let drain = "\n[process]\ndrain_delay = \"0s\"\ndrain_timeout = \"60s\"\n";
     let upstream = format!("127.0.0.1:{ingress_port}");
     let mut egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(&pki, plain_port, mesh_port, &upstream, drain));
     assert_eq!(egress.admin("GET", "/healthz/ready").0, 200);

@@ -1,4 +1,5 @@
-//! SIGTERM stops the egress from accepting at once, lets the connections already open
+//! With no drain delay (`drain_delay = "0s"`; the delay itself is
+//! `rollout_drain_delay_keeps_serving.rs`'s), SIGTERM stops the egress from accepting at once, lets the connections already open
 //! finish, and exits 0: as soon as they are done, or when the drain timeout runs out
 //! with one still open.
 
@@ -12,7 +13,7 @@ use strait_e2e::*;
 #[test]
 fn sigterm_lets_an_open_connection_finish_then_exits_zero() {
     let pki = Pki::reference();
-    let (_ingress, mut egress, port) = start(&pki, "");
+    let (_ingress, mut egress, port) = start(&pki, "[process]\ndrain_delay = \"0s\"\n");
     let mut open = open_connection(port);
     echo_line(&mut open, b"before SIGTERM\n");
 
@@ -40,7 +41,7 @@ fn sigterm_lets_an_open_connection_finish_then_exits_zero() {
 #[test]
 fn sigterm_with_a_connection_left_open_exits_zero_after_the_drain_timeout() {
     let pki = Pki::reference();
-    let (_ingress, mut egress, port) = start(&pki, "[process]\ndrain_timeout = \"1s\"\n");
+    let (_ingress, mut egress, port) = start(&pki, "[process]\ndrain_delay = \"0s\"\ndrain_timeout = \"1s\"\n");
     let mut open = open_connection(port);
     echo_line(&mut open, b"left open\n");
 

@@ -35,22 +35,49 @@ impl AdminState {
     }
 }
 
-/// Binds the admin port (so a bad address fails the start) and serves it until
-/// `stop`; returns the bound address.
-pub async fn serve(address: SocketAddr, state: Arc<AdminState>, stop: CancellationToken) -> std::io::Result<SocketAddr> {
+/// Which endpoints a port serves: Istio splits them so that what the kubelet and
+/// Prometheus must reach never exposes the configuration or the log level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// 15021: `/healthz/ready`, `/healthz/live`.
+    Health,
+    /// 15090: `/stats/prometheus` (and `/metrics`).
+    Metrics,
+    /// 15000, loopback: everything, plus `/config_dump` and `/logging`.
+    Admin,
+}
+
+impl Port {
+    /// Name for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Port::Health => "health",
+            Port::Metrics => "metrics",
+            Port::Admin => "admin",
+        }
+    }
+
+    fn router(self) -> Router<Arc<AdminState>> {
+        let health = || Router::new().route("/healthz/live", get(|| async { "live\n" })).route("/healthz/ready", get(ready));
+        let metrics = || Router::new().route("/stats/prometheus", get(metrics)).route("/metrics", get(metrics));
+        match self {
+            Port::Health => health(),
+            Port::Metrics => metrics(),
+            Port::Admin => health().merge(metrics()).route("/config_dump", get(config_dump)).route("/logging", get(logging).post(logging)),
+        }
+    }
+}
+
+/// Binds one of the gateway's HTTP ports (so a bad address fails the start) and serves
+/// it until `stop`; returns the bound address.
+pub async fn serve(port: Port, address: SocketAddr, state: Arc<AdminState>, stop: CancellationToken) -> std::io::Result<SocketAddr> {
     let socket = TcpListener::bind(address).await?;
     let bound = socket.local_addr()?;
-    let app = Router::new()
-        .route("/healthz/live", get(|| async { "live\n" }))
-        .route("/healthz/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/config_dump", get(config_dump))
-        .route("/logging", get(logging).post(logging))
-        .with_state(state);
+    let app = port.router().with_state(state);
     tokio::spawn(async move {
         let served = axum::serve(socket, app).with_graceful_shutdown(stop.cancelled_owned()).await;
         if let Err(e) = served {
-            tracing::error!(error = %e, "admin server failed");
+            tracing::error!(port = port.name(), error = %e, "HTTP port failed");
         }
     });
     Ok(bound)

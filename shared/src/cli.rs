@@ -26,10 +26,16 @@ struct Cli {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
-    /// Admin HTTP address (health, metrics, config dump, log level); overrides the
-    /// config's `[admin] address`. Port 0 picks a free port (logged).
+    /// Admin HTTP address (config dump, log level, and the health and metrics paths);
+    /// overrides the config's `[admin] address`. Port 0 picks a free port (logged).
     #[arg(long, env = "STRAIT_ADMIN_ADDRESS", global = true)]
     admin_address: Option<std::net::SocketAddr>,
+    /// Health port address (`/healthz/ready`); overrides `[health] address`.
+    #[arg(long, env = "STRAIT_HEALTH_ADDRESS", global = true)]
+    health_address: Option<std::net::SocketAddr>,
+    /// Prometheus scrape port address (`/stats/prometheus`); overrides `[metrics] address`.
+    #[arg(long, env = "STRAIT_METRICS_ADDRESS", global = true)]
+    metrics_address: Option<std::net::SocketAddr>,
     /// Once ready, write the admin port's bound address to this file (Envoy's
     /// `--admin-address-path`): with `--admin-address 127.0.0.1:0`, how a supervisor or
     /// a test finds the port without reading logs.
@@ -152,7 +158,14 @@ fn run(role: Role, cli: Cli, log: crate::telemetry::LogControl) -> anyhow::Resul
             println!("{}: OK ({} listeners, {} routes, every credential loaded)", path.display(), table.listeners.len(), config.routes.len());
         }
         None => {
-            let options = crate::gateway::Options { config_path: config_path()?, role, admin_address: cli.admin_address, log: Some(Arc::new(log)) };
+            let options = crate::gateway::Options {
+                config_path: config_path()?,
+                role,
+                admin_address: cli.admin_address,
+                health_address: cli.health_address,
+                metrics_address: cli.metrics_address,
+                log: Some(Arc::new(log)),
+            };
             let mut runtime = tokio::runtime::Builder::new_multi_thread();
             if let Some(workers) = cli.workers {
                 runtime.worker_threads(workers.max(1));

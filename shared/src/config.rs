@@ -73,9 +73,15 @@ pub struct Config {
     /// Process-wide behaviour: shutdown and certificate warnings.
     #[serde(default)]
     pub process: ProcessSettings,
-    /// The admin HTTP port.
+    /// The admin HTTP port (config dump, log level; loopback by default).
     #[serde(default)]
     pub admin: AdminSettings,
+    /// The health port kubelets probe (Istio's 15021).
+    #[serde(default = "HttpPortSettings::health")]
+    pub health: HttpPortSettings,
+    /// The Prometheus scrape port (Istio's 15090 `/stats/prometheus`).
+    #[serde(default = "HttpPortSettings::metrics")]
+    pub metrics: HttpPortSettings,
     /// OpenTelemetry export.
     #[serde(default)]
     pub telemetry: TelemetrySettings,
@@ -326,26 +332,55 @@ pub struct ResolverSettings {
     pub nameservers: Vec<SocketAddr>,
 }
 
-/// The admin HTTP listener (`[admin]`): probes, metrics, config dump, log level.
+/// The admin HTTP listener (`[admin]`, Envoy's and Istio's 15000): config dump and
+/// log level, besides the health and metrics paths. Loopback unless `allow_remote`.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
-    /// Where it listens; loopback by default, like Istio's 15021/15000.
+    /// Where it listens; `127.0.0.1:15000` by default.
     #[serde(default = "default_admin_address")]
     pub address: SocketAddr,
     /// Set to false to run without an admin port.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Allows a non-loopback `address` (anyone who reaches it can read the
+    /// configuration and change the log level); logged as a warning at start.
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        AdminSettings { address: default_admin_address(), enabled: true }
+        AdminSettings { address: default_admin_address(), enabled: true, allow_remote: false }
     }
 }
 
 fn default_admin_address() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 15021))
+    SocketAddr::from(([127, 0, 0, 1], 15000))
+}
+
+/// A port that serves only what is safe to expose to the cluster: `[health]`
+/// (`/healthz/ready`, `/healthz/live`) or `[metrics]` (`/stats/prometheus`, `/metrics`).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpPortSettings {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Set to false to serve it on the admin port only.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl HttpPortSettings {
+    /// `0.0.0.0:15021`, Istio's health port.
+    pub fn health() -> HttpPortSettings {
+        HttpPortSettings { address: SocketAddr::from(([0, 0, 0, 0], 15021)), enabled: true }
+    }
+
+    /// `0.0.0.0:15090`, Istio's Envoy Prometheus port.
+    pub fn metrics() -> HttpPortSettings {
+        HttpPortSettings { address: SocketAddr::from(([0, 0, 0, 0], 15090)), enabled: true }
+    }
 }
 
 fn default_true() -> bool {
@@ -400,7 +435,12 @@ fn default_metrics_interval() -> Duration {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessSettings {
-    /// After SIGTERM, how long open connections may run before they are closed.
+    /// After SIGTERM, how long the listeners keep accepting (readiness already fails),
+    /// so connections Kubernetes still routes here during endpoint removal are served:
+    /// Istio's `terminationDrainDuration`. Then they close and `drain_timeout` starts.
+    #[serde(default = "default_drain_delay", with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// After the drain delay, how long open connections may run before they are cut.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// A certificate expiring within this window is logged as a warning at every load
@@ -411,8 +451,12 @@ pub struct ProcessSettings {
 
 impl Default for ProcessSettings {
     fn default() -> Self {
-        ProcessSettings { drain_timeout: default_drain_timeout(), cert_warning_window: default_cert_warning_window() }
+        ProcessSettings { drain_delay: default_drain_delay(), drain_timeout: default_drain_timeout(), cert_warning_window: default_cert_warning_window() }
     }
+}
+
+fn default_drain_delay() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_drain_timeout() -> Duration {
@@ -526,6 +570,9 @@ impl Config {
     fn validate(&self, role: Role) -> Result<(), ConfigError> {
         if self.listeners.is_empty() {
             return Err(self.invalid(0..0, "listener".into(), "no [[listener]] is defined".into()));
+        }
+        if self.admin.enabled && !self.admin.address.ip().is_loopback() && !self.admin.allow_remote {
+            return Err(self.invalid(0..0, "admin.address".into(), format!("{} is reachable from other hosts, and the admin port shows the configuration and changes the log level: bind 127.0.0.1, or set admin.allow_remote = true (probes and scrapes have [health] and [metrics])", self.admin.address)));
         }
         let route_names = self.unique_names(self.routes.iter().map(|r| (r.span(), r.get_ref().name.as_str())), "route")?;
         let listener_names = self.unique_names(self.listeners.iter().map(|l| (l.span(), l.get_ref().name.as_str())), "listener")?;

@@ -71,7 +71,14 @@ upstream_tls = {{ mode = "disable" }}
 [admin]
 enabled = false
 
+[health]
+address = "127.0.0.1:0"
+
+[metrics]
+enabled = false
+
 [process]
+drain_delay = "0s"
 drain_timeout = "{drain}"
 "#
     );
@@ -97,7 +104,14 @@ async fn listeners_on_port_0_and_a_connection_cut_by_the_drain_is_recorded() {
 
     let dir = tempfile::tempdir().unwrap();
     let backend = echo().await;
-    let options = Options { config_path: config(dir.path(), backend, "300ms"), role: Role::Egress, admin_address: None, log: None };
+    let options = Options {
+        config_path: config(dir.path(), backend, "300ms"),
+        role: Role::Egress,
+        admin_address: None,
+        health_address: None,
+        metrics_address: None,
+        log: None,
+    };
     let shutdown = CancellationToken::new();
     let handle = gateway::run(options, shutdown.clone()).await.expect("the gateway starts");
 

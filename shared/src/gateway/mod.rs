@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::Recorder;
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, Port};
 use crate::config::{Config, Role};
 use crate::connection::Context;
 use crate::metrics::Metrics;
@@ -101,6 +101,10 @@ pub struct Options {
     pub role: Role,
     /// Overrides the config's `[admin] address`.
     pub admin_address: Option<SocketAddr>,
+    /// Overrides the config's `[health] address`.
+    pub health_address: Option<SocketAddr>,
+    /// Overrides the config's `[metrics] address`.
+    pub metrics_address: Option<SocketAddr>,
     /// The process's log filter, for the admin port's `/logging`.
     pub log: Option<Arc<LogControl>>,
 }
@@ -110,6 +114,10 @@ pub struct Handle {
     listeners: Arc<ArcSwap<BTreeMap<String, SocketAddr>>>,
     /// The admin port's bound address, when it is enabled.
     pub admin_address: Option<SocketAddr>,
+    /// The health port's bound address, when it is enabled.
+    pub health_address: Option<SocketAddr>,
+    /// The metrics port's bound address, when it is enabled.
+    pub metrics_address: Option<SocketAddr>,
     /// The gateway's metrics.
     pub metrics: Arc<Metrics>,
     reloads: mpsc::Sender<(&'static str, oneshot::Sender<Result<(), String>>)>,
@@ -147,23 +155,44 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Handle
     let (changes_tx, changes) = mpsc::channel(1);
     let (reloads_tx, reloads) = mpsc::channel(1);
     let mut gateway = Gateway::start(&options, changes_tx).await?;
-    if gateway.admin_settings.enabled {
-        let address = options.admin_address.unwrap_or(gateway.admin_settings.address);
-        let bound = admin::serve(address, gateway.admin.clone(), gateway.admin_stop.clone()).await.map_err(|source| StartError::Bind {
-            name: "admin".into(),
+    let ports = gateway.http_ports.clone();
+    let wanted = [
+        (Port::Admin, ports.admin.then(|| options.admin_address.unwrap_or(ports.admin_address))),
+        (Port::Health, ports.health.map(|a| options.health_address.unwrap_or(a))),
+        (Port::Metrics, ports.metrics.map(|a| options.metrics_address.unwrap_or(a))),
+    ];
+    let mut bound = [None; 3];
+    for (slot, (port, address)) in bound.iter_mut().zip(wanted) {
+        let Some(address) = address else { continue };
+        let at = admin::serve(port, address, gateway.admin.clone(), gateway.admin_stop.clone()).await.map_err(|source| StartError::Bind {
+            name: port.name().into(),
             address,
             source,
         })?;
-        tracing::info!(address = %bound, "admin listening");
-        gateway.admin_bound = Some(bound);
-        gateway.refresh_dump(None);
+        tracing::info!(address = %at, "{} listening", port.name());
+        *slot = Some(at);
     }
+    let [admin_address, health_address, metrics_address] = bound;
+    gateway.admin_bound = admin_address;
+    gateway.refresh_dump(None);
     gateway.admin.ready.store(true, Ordering::Relaxed);
     tracing::info!(role = options.role.name(), "ready");
-    let handle_parts = (gateway.bound_addresses.clone(), gateway.admin_bound, gateway.context.recorder.metrics.clone());
+    let (listeners, metrics) = (gateway.bound_addresses.clone(), gateway.context.recorder.metrics.clone());
     let task = tokio::spawn(gateway.serve(shutdown, changes, reloads));
-    let (listeners, admin_address, metrics) = handle_parts;
-    Ok(Handle { listeners, admin_address, metrics, reloads: reloads_tx, task })
+    Ok(Handle { listeners, admin_address, health_address, metrics_address, metrics, reloads: reloads_tx, task })
+}
+
+/// The HTTP ports as loaded at start (they are not rebound on reload).
+#[derive(Clone, Debug)]
+struct HttpPorts {
+    /// Whether the admin port runs.
+    admin: bool,
+    /// Where it listens.
+    admin_address: SocketAddr,
+    /// The health port, unless disabled.
+    health: Option<SocketAddr>,
+    /// The metrics port, unless disabled.
+    metrics: Option<SocketAddr>,
 }
 
 /// A bound listener, its connection limit and the token that stops its accept loop.
@@ -200,14 +229,16 @@ struct Gateway {
     status: Option<ReloadStatus>,
     /// What the admin port shows.
     admin: Arc<AdminState>,
-    /// The admin port's settings as loaded at start (it is not rebound on reload).
-    admin_settings: crate::config::AdminSettings,
+    /// The HTTP ports' settings as loaded at start (they are not rebound on reload).
+    http_ports: HttpPorts,
     /// Stops the admin port, after the drain, so probes see "not ready" meanwhile.
     admin_stop: CancellationToken,
     /// The admin port's actual address (port 0 resolved).
     admin_bound: Option<SocketAddr>,
     /// OTLP export, flushed at stop.
     otel: Option<Otel>,
+    /// How long the listeners keep accepting after shutdown begins.
+    drain_delay: Duration,
 }
 
 impl Gateway {
@@ -251,11 +282,20 @@ impl Gateway {
             inputs: 0,
             status: None,
             admin: Arc::new(AdminState::new(metrics, options.log.clone())),
-            admin_settings: crate::config::AdminSettings { address: config.admin.address, enabled: config.admin.enabled },
+            http_ports: HttpPorts {
+                admin: config.admin.enabled,
+                admin_address: config.admin.address,
+                health: config.health.enabled.then_some(config.health.address),
+                metrics: config.metrics.enabled.then_some(config.metrics.address),
+            },
             admin_stop: CancellationToken::new(),
             admin_bound: None,
             otel,
+            drain_delay: config.process.drain_delay,
         };
+        if config.admin.enabled && !config.admin.address.ip().is_loopback() {
+            tracing::warn!(address = %config.admin.address, "INSECURE: admin.allow_remote: the admin port (configuration, log level) is reachable from other hosts");
+        }
         gateway.apply(config, table, inputs).await?;
         Ok(gateway)
     }
@@ -298,6 +338,12 @@ impl Gateway {
     /// timeout, then cuts whatever is still open (each is logged and counted `drained`).
     async fn drain(self) {
         self.admin.ready.store(false, Ordering::Relaxed);
+        if !self.drain_delay.is_zero() {
+            // Kubernetes removes the pod from its endpoints after readiness fails, not at
+            // once: whatever it still sends meanwhile is served.
+            tracing::info!(delay = ?self.drain_delay, "shutting down: not ready; still accepting for the drain delay");
+            tokio::time::sleep(self.drain_delay).await;
+        }
         let drain_timeout = **self.context.drain_timeout.load();
         tracing::info!(open = self.tracker.len(), timeout = ?drain_timeout, "shutting down: no new connections; draining open ones");
         self.stop_accepting.cancel();

@@ -93,6 +93,7 @@ impl Gateway {
         self.inputs = inputs;
         self.watcher.watch_files(&self.watched_files);
         self.context.drain_timeout.store(Arc::new(config.process.drain_timeout));
+        self.drain_delay = config.process.drain_delay;
         self.refresh_dump(Some(&config));
         Ok(())
     }
