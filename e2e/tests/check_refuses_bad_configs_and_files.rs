@@ -28,8 +28,8 @@ upstream = "127.0.0.1:9"
 }
 
 /// Runs `check` and a real start on `config`; both must fail, and both messages must
-/// contain every one of `needles`.
-fn refused(pki: &Pki, name: &str, config: &str, needles: &[&str]) {
+/// contain every one of `needles`. Returns the config file's path.
+fn refused(pki: &Pki, name: &str, config: &str, needles: &[&str]) -> String {
     let path = pki.path(&format!("{name}.toml"));
     std::fs::write(&path, config).unwrap();
     let path = path.to_str().unwrap();
@@ -41,6 +41,7 @@ fn refused(pki: &Pki, name: &str, config: &str, needles: &[&str]) {
         assert!(check.contains(needle), "{name}: check's message lacks {needle:?}:\n{check}");
         assert!(start.contains(needle), "{name}: the start's message lacks {needle:?}:\n{start}");
     }
+    path.to_owned()
 }
 
 #[test]
@@ -93,4 +94,68 @@ fn every_bad_input_is_refused_with_its_file_or_field_and_a_fix() {
 
     let unknown_field = ingress_with(&cert, &key, &ca, "upstrem = \"x:1\"\n");
     refused(&pki, "unknown-field", &unknown_field, &["unknown-field.toml:", "unknown field `upstrem`", "expected one of"]);
+}
+
+/// `check` (and a start) report every problem of a file at once, one line each with its
+/// file, line, field and fix, and `check` counts them.
+#[test]
+fn every_problem_in_a_file_is_reported_at_once() {
+    let pki = Pki::reference();
+    let ingress = pki.path("ingress");
+    let (cert, key, ca) = (ingress.join("tls.crt"), ingress.join("tls.key"), ingress.join("ca.crt"));
+
+    // Three mistakes in the meaning of one route.
+    let several = ingress_with(&cert, &key, &ca, "connect_timeout = \"0s\"\nallow = [\"client\"]\nlisteners = [\"mtl\"]\n");
+    let file = refused(
+        &pki,
+        "several",
+        &several,
+        &[
+            "several.toml:7:1: route[0] (mysql).connect_timeout: must be more than 0",
+            "several.toml:7:1: route[0] (mysql).allow: \"client\" is not an identity pattern: use *, a URI",
+            "several.toml:7:1: route[0] (mysql).listeners: no listener is named \"mtl\": did you mean \"mtls\"? (listeners: mtls)",
+        ],
+    );
+    let (_, check) = run_binary(Role::Ingress, &["check", "--config", &file]);
+    assert!(check.contains(&format!("{file}: 3 problems; fix them all")), "{check}");
+    assert_eq!(check.lines().filter(|l| l.starts_with(&format!("error: {file}:7:1: route[0]"))).count(), 3, "one line per problem:\n{check}");
+
+    // Every misspelt field, each with the field it most likely meant.
+    let misspelt = ingress_with(&cert, &key, &ca, "upstrem_tls = { mode = \"disable\" }\nidle_timout = \"1h\"\n");
+    refused(
+        &pki,
+        "misspelt",
+        &misspelt,
+        &[
+            "misspelt.toml:11:1: route[0] (mysql).upstrem_tls: unknown field `upstrem_tls`: did you mean `upstream_tls`?",
+            "misspelt.toml:12:1: route[0] (mysql).idle_timout: unknown field `idle_timout`: did you mean `idle_timeout`?",
+        ],
+    );
+
+    // Every value of the wrong type, in every entry.
+    let types = ingress_with(&cert, &key, &ca, "connect_timeout = 5\nprotocol = \"mysq\"\n").replace("address = ", "max_connections = \"many\"\naddress = ");
+    refused(
+        &pki,
+        "types",
+        &types,
+        &[
+            "types.toml:4:19: listener[0] (mtls).max_connections: invalid type: string \"many\"",
+            "types.toml:12:19: route[0] (mysql).connect_timeout: invalid type: integer `5`, expected a duration",
+            "types.toml:13:12: route[0] (mysql).protocol: unknown variant `mysq`, expected one of `tcp`, `mysql`, `postgres`: did you mean `mysql`?",
+        ],
+    );
+
+    // Every unusable credential file, at the entry that names it.
+    let missing = pki.path("nowhere/tls.crt");
+    let other_key = pki.path("egress/tls.key");
+    let downstream = format!("downstream_tls = {{ cert = \"{}\", key = \"{}\" }}\n", cert.display(), other_key.display());
+    refused(
+        &pki,
+        "credentials",
+        &ingress_with(&missing, &key, &ca, &downstream),
+        &[
+            &format!("credentials.toml:2:1: listener[0] (mtls).tls: {}: cannot read", missing.display()),
+            &format!("credentials.toml:7:1: route[0] (mysql).downstream_tls: {}: does not belong to the certificate", other_key.display()),
+        ],
+    );
 }

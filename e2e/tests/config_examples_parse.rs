@@ -14,13 +14,13 @@ fn parse(name: &str, role: Role) -> Config {
 fn reference_egress_has_mesh_and_plain_listeners() {
     let config = parse("egress.toml", Role::Egress);
     assert_eq!(config.listeners.len(), 2);
-    assert_eq!(config.listeners[0].get_ref().address.unwrap().port(), 15443);
+    assert_eq!(config.listeners[0].get_ref().address.port(), 15443);
 }
 
 #[test]
 fn reference_ingress_listens_on_13306() {
     let config = parse("ingress.toml", Role::Ingress);
-    assert_eq!(config.listeners[0].get_ref().address.unwrap().port(), 13306);
+    assert_eq!(config.listeners[0].get_ref().address.port(), 13306);
 }
 
 #[test]

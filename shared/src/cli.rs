@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::certs::{KeyType, ReferenceOptions};
 use crate::config::{Config, Role};
+use crate::gateway::StartError;
 use crate::telemetry::LogFormat;
 
 #[derive(Parser)]
@@ -51,7 +52,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate a configuration: syntax, fields, files, PEM, key/certificate pairs,
-    /// route and listener references. Exits non-zero with the first problem.
+    /// route and listener references. Prints every problem found, each with its file,
+    /// line, field and fix, and exits non-zero if there is any.
     Check,
     /// Walk a TLS path step by step (DNS, TCP per address, handshake, the server's
     /// chain) and say in plain words what is wrong. Egress: `diagnose ROUTE` runs the
@@ -128,7 +130,11 @@ pub fn main(role: Role) -> ExitCode {
     match run(role, cli, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // One problem per line (a refused configuration has one per finding), each
+            // line complete on its own for grep.
+            for line in e.to_string().lines() {
+                eprintln!("error: {line}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -153,9 +159,21 @@ fn run(role: Role, cli: Cli, log: crate::telemetry::LogControl) -> anyhow::Resul
         }
         Some(Command::Check) => {
             let path = config_path()?;
-            let config = Config::load(&path, role)?;
-            let table = crate::gateway::check(&config)?;
-            println!("{}: OK ({} listeners, {} routes, every credential loaded)", path.display(), table.listeners.len(), config.routes.len());
+            // The file first (every problem in it), then every file it names.
+            let checked = Config::load(&path, role).map_err(StartError::from).and_then(|config| Ok((crate::gateway::check(&config)?, config)));
+            match checked {
+                Ok((table, config)) => {
+                    println!("{}: OK ({} listeners, {} routes, every credential loaded)", path.display(), table.listeners.len(), config.routes.len())
+                }
+                Err(e) => {
+                    let count = match &e {
+                        StartError::Config(e) => e.count(),
+                        _ => 1,
+                    };
+                    let problems = if count == 1 { "1 problem".to_owned() } else { format!("{count} problems") };
+                    anyhow::bail!("{e}\n{}: {problems}; fix {} and run `check` again", path.display(), if count == 1 { "it" } else { "them all" });
+                }
+            }
         }
         None => {
             let options = crate::gateway::Options {
@@ -215,11 +233,11 @@ async fn diagnose(role: Role, config: &Config, args: DiagnoseArgs) -> anyhow::Re
     let (Some(sni), Some(cert), Some(key)) = (args.sni, args.cert, args.key) else {
         anyhow::bail!("strait-ingress diagnose --sni HOST --cert FILE --key FILE [--ca FILE] [--address ADDR]");
     };
-    let listener = config.listeners.iter().map(|l| l.get_ref()).find(|l| l.tls.is_some()).ok_or_else(|| anyhow::anyhow!("the config has no TLS listener"))?;
-    let mut address = args.address.or(listener.address).ok_or_else(|| anyhow::anyhow!("give --address"))?;
+    let listener = config.listeners.iter().map(|l| l.get_ref()).find(|l| l.tls().is_some()).ok_or_else(|| anyhow::anyhow!("the config has no TLS listener"))?;
+    let mut address = args.address.unwrap_or(listener.address);
     if address.ip().is_unspecified() {
         address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let ca = args.ca.or_else(|| listener.tls.as_ref().and_then(|t| t.paths().ca)).ok_or_else(|| anyhow::anyhow!("give --ca: the listener names no CA"))?;
+    let ca = args.ca.or_else(|| listener.tls().and_then(|t| t.ca.clone())).ok_or_else(|| anyhow::anyhow!("give --ca: the listener names no CA"))?;
     Ok(crate::diagnose::client(config, address, sni, cert, key, ca).await)
 }

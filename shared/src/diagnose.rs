@@ -18,7 +18,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{split_host_port, Config, Protocol, TlsConfig, TlsMode};
+use crate::config::{CertKey, Config, Protocol, TlsMode, TlsPolicy, UpstreamTls};
 use crate::resolve::Resolver;
 use crate::tls;
 
@@ -30,8 +30,8 @@ pub struct Probe {
     pub port: u16,
     /// SNI and the name the server certificate is checked against.
     pub sni: String,
-    /// Origination settings (mode, credential files, CA, SAN checks).
-    pub tls: TlsConfig,
+    /// Origination settings (mode, credential files, CA, SAN checks); `None`: plaintext.
+    pub tls: Option<UpstreamTls>,
     /// For database routes, TLS starts after the protocol's own TLS request.
     pub protocol: Protocol,
 }
@@ -51,11 +51,10 @@ pub async fn route(config: &Config, name: &str) -> Report {
         let names: Vec<&str> = config.routes.iter().map(|r| r.get_ref().name.as_str()).collect();
         return fail(out, format!("no route is named {name:?} in {}; routes: {}", config.path.display(), names.join(", ")));
     };
-    let (host, port) = split_host_port(&route.upstream).expect("validated: upstream is host:port");
-    let tls = route.upstream_tls.as_ref().expect("validated: upstream_tls is set");
-    let _ = writeln!(out, "route {name}: upstream {}, upstream_tls mode {}", route.upstream, tls.mode.unwrap_or(TlsMode::Disable));
-    let sni = tls.sni.clone().unwrap_or_else(|| host.clone());
-    let probe = Probe { host, port, sni, tls: tls.clone(), protocol: route.protocol };
+    let tls = route.upstream_tls.clone();
+    let _ = writeln!(out, "route {name}: upstream {}, upstream_tls mode {}", route.upstream, tls.as_ref().map_or(TlsMode::Disable, |t| t.mode));
+    let sni = tls.as_ref().map_or_else(|| route.upstream.host.clone(), |t| t.sni.to_str().into_owned());
+    let probe = Probe { host: route.upstream.host.clone(), port: route.upstream.port, sni, tls, protocol: route.protocol };
     run(out, config, &probe).await
 }
 
@@ -63,8 +62,19 @@ pub async fn route(config: &Config, name: &str) -> Report {
 /// with SNI `sni`, presenting `cert`/`key`, verifying the server with `ca`.
 pub async fn client(config: &Config, address: SocketAddr, sni: String, cert: PathBuf, key: PathBuf, ca: PathBuf) -> Report {
     let out = format!("listener at {address}: SNI {sni}, client certificate {}\n", cert.display());
-    let tls = TlsConfig { mode: Some(TlsMode::Mutual), cert: Some(cert), key: Some(key), ca: Some(ca), ..TlsConfig::default() };
-    let probe = Probe { host: address.ip().to_string(), port: address.port(), sni, tls, protocol: Protocol::Tcp };
+    let Ok(server_name) = ServerName::try_from(sni.clone()) else {
+        return fail(out, format!("SNI {sni:?} is not a DNS name or IP address"));
+    };
+    let tls = UpstreamTls {
+        mode: TlsMode::Mutual,
+        client: Some(CertKey { cert, key }),
+        ca,
+        sni: server_name,
+        subject_alt_names: None,
+        verify_hostname: false,
+        policy: TlsPolicy::default(),
+    };
+    let probe = Probe { host: address.ip().to_string(), port: address.port(), sni, tls: Some(tls), protocol: Protocol::Tcp };
     run(out, config, &probe).await
 }
 
@@ -111,10 +121,10 @@ async fn run(mut out: String, config: &Config, probe: &Probe) -> Report {
     let Some((tcp, addr)) = reachable else {
         return fail(out, format!("no address of {} accepts TCP on port {}", probe.host, probe.port));
     };
-    if probe.tls.mode == Some(TlsMode::Disable) {
+    let Some(tls) = &probe.tls else {
         let _ = writeln!(out, "upstream_tls mode is \"disable\": plaintext, nothing more to check");
         return Report { text: out + "OK: the path works\n", ok: true };
-    }
+    };
     let mut tcp = tcp;
     if probe.protocol != Protocol::Tcp {
         let started = Instant::now();
@@ -124,7 +134,7 @@ async fn run(mut out: String, config: &Config, probe: &Probe) -> Report {
             Err(_) => return fail(out, format!("the server did not answer the {} TLS request within 10 s", probe.protocol.as_str())),
         }
     }
-    handshake(out, probe, tcp, addr).await
+    handshake(out, probe, tls, tcp, addr).await
 }
 
 /// Asks a database for TLS the way its protocol does, as the gateway would.
@@ -204,30 +214,28 @@ impl ServerCertVerifier for Recording {
     }
 }
 
-async fn handshake(mut out: String, probe: &Probe, tcp: TcpStream, addr: SocketAddr) -> Report {
-    let paths = probe.tls.paths();
-    let key = match (probe.tls.mode, &paths.cert, &paths.key) {
-        (Some(TlsMode::Mutual), Some(cert), Some(key)) => match tls::load_certified_key(cert, key) {
+async fn handshake(mut out: String, probe: &Probe, settings: &UpstreamTls, tcp: TcpStream, addr: SocketAddr) -> Report {
+    let key = match &settings.client {
+        Some(pair) => match tls::load_certified_key(&pair.cert, &pair.key) {
             Ok(key) => Some(key),
             Err(e) => return fail(out, format!("our client credential is unusable: {e}")),
         },
-        _ => None,
+        None => None,
     };
-    let verifier = match tls::server_verifier(&probe.tls) {
+    let our_cert = settings.client.as_ref().map(|pair| pair.cert.clone());
+    let verifier = match tls::server_verifier(settings) {
         Ok(v) => Arc::new(Recording { inner: v, chain: Mutex::new(Vec::new()) }),
         Err(e) => return fail(out, format!("our CA bundle is unusable: {e}")),
     };
-    let config = match tls::client_config_with(key, &probe.tls, verifier.clone()) {
+    let config = match tls::client_config_with(key, settings, verifier.clone()) {
         Ok(c) => c,
         Err(e) => return fail(out, e.to_string()),
     };
-    let Ok(server_name) = ServerName::try_from(probe.sni.clone()) else {
-        return fail(out, format!("SNI {:?} is not a DNS name or IP address", probe.sni));
-    };
+    let server_name = settings.sni.clone();
     let started = Instant::now();
     let result = tokio::time::timeout(Duration::from_secs(10), TlsConnector::from(config).connect(server_name, tcp)).await;
     let chain = verifier.chain.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let ca_file = paths.ca.clone().unwrap_or_default();
+    let ca_file = settings.ca.clone();
     let mut stream = match result {
         Err(_) => {
             step(&mut out, started, format!("TLS to {addr}: no handshake within 10 s"));
@@ -236,7 +244,7 @@ async fn handshake(mut out: String, probe: &Probe, tcp: TcpStream, addr: SocketA
         Ok(Err(e)) => {
             step(&mut out, started, format!("TLS to {addr} (SNI {}): failed: {e}", probe.sni));
             describe_chain(&mut out, &chain);
-            let why = explain(&e, &chain, &ca_file, &paths.cert, &probe.sni);
+            let why = explain(&e, &chain, &ca_file, &our_cert, &probe.sni);
             return fail(out, why);
         }
         Ok(Ok(stream)) => stream,
@@ -246,7 +254,7 @@ async fn handshake(mut out: String, probe: &Probe, tcp: TcpStream, addr: SocketA
     let suite = session.negotiated_cipher_suite().and_then(|s| s.suite().as_str()).unwrap_or("?");
     step(&mut out, started, format!("TLS to {addr} (SNI {}): {version}, {suite}", probe.sni));
     describe_chain(&mut out, &chain);
-    let _ = writeln!(out, "  server certificate verified against {} and {}", ca_file.display(), naming(&probe.tls, &probe.sni));
+    let _ = writeln!(out, "  server certificate verified against {} and {}", ca_file.display(), naming(settings, &probe.sni));
     // TLS 1.3 servers judge our certificate after the client's Finished: read briefly to
     // hear a refusal.
     let started = Instant::now();
@@ -259,7 +267,7 @@ async fn handshake(mut out: String, probe: &Probe, tcp: TcpStream, addr: SocketA
         ),
         Ok(Err(e)) => {
             step(&mut out, started, format!("after the handshake the server closed with: {e}"));
-            let why = explain(&e, &chain, &ca_file, &paths.cert, &probe.sni);
+            let why = explain(&e, &chain, &ca_file, &our_cert, &probe.sni);
             return fail(out, why);
         }
         Ok(Ok(0)) => step(&mut out, started, "the server closed the connection after the handshake (the backend behind it may have refused)"),
@@ -269,9 +277,9 @@ async fn handshake(mut out: String, probe: &Probe, tcp: TcpStream, addr: SocketA
     Report { text: out, ok: true }
 }
 
-fn naming(tls: &TlsConfig, sni: &str) -> String {
+fn naming(tls: &UpstreamTls, sni: &str) -> String {
     match &tls.subject_alt_names {
-        Some(names) => format!("subject_alt_names {names:?}"),
+        Some(names) => format!("subject_alt_names [{}]", names.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")),
         None => format!("the SNI name {sni}"),
     }
 }

@@ -1,12 +1,14 @@
 //! The route table: for each listener, how an accepted connection finds its route.
 //!
-//! Built once from a validated [`Config`] with every credential loaded, then shared
+//! Built once from a checked [`Config`] with every credential loaded, then shared
 //! behind an `ArcSwap` so a later reload can replace it whole; a connection takes one
 //! snapshot at accept and keeps it for its life.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Display;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +17,8 @@ use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::ServerName;
 use serde_spanned::Spanned;
 
-use crate::authz::{AllowList, Pattern};
-use crate::config::{split_host_port, Config, ConfigError, ListenerConfig, RouteConfig, TlsConfig, TlsMode};
+use crate::authz::AllowList;
+use crate::config::{CertKey, Config, ConfigError, Finding, ListenerConfig, ListenerKind, ListenerTls, RouteConfig, TlsMode, TlsPolicy};
 use crate::config::{PeerAuth, Protocol, SslMode, TcpKeepalive};
 use crate::tls;
 
@@ -145,36 +147,30 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Loads every credential the config names and builds the table. Errors point at
-    /// the config entry and field that named the bad file.
+    /// Loads every credential the config names and builds the table. A file that cannot
+    /// be used is reported at the config entry and field that named it, and every such
+    /// file is reported, not only the first.
     pub fn build(config: &Config) -> Result<RouteTable, ConfigError> {
-        let mut loaded = Loaded::default();
+        let mut b = Builder { config, loaded: Loaded::default(), problems: Vec::new() };
         let mut routes = HashMap::new();
         for (i, r) in config.routes.iter().enumerate() {
-            let route = build_route(config, i, r, &mut loaded)?;
-            routes.insert(route.name.clone(), Arc::new(route));
+            if let Some(route) = build_route(&mut b, i, r) {
+                routes.insert(r.get_ref().name.as_str(), Arc::new(route));
+            }
         }
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            let listener = l.get_ref();
-            let routing = match &listener.tls {
-                None => {
-                    let name = listener.route.as_deref().unwrap_or_default();
-                    Routing::Plain(routes[name].clone())
-                }
-                Some(tls) => Routing::Tls(build_tls_routing(config, i, l, tls, &routes, &mut loaded)?),
-            };
-            listeners.push(Arc::new(ListenerPlan {
-                name: listener.name.clone(),
-                address: listener.address.expect("validated: every listener has an address"),
-                max_connections: listener.max_connections,
-                handshake_timeout: listener.handshake_timeout,
-                routing,
-                keepalive: listener.tcp_keepalive,
-                flush_interval: listener.access_log_flush_interval,
-            }));
+            if let Some(plan) = build_listener(&mut b, i, l, &routes) {
+                listeners.push(Arc::new(plan));
+            }
         }
-        Ok(RouteTable { listeners, credentials: loaded.0.into_values().collect() })
+        if !b.problems.is_empty() {
+            // A route served at several listeners fails the same way at each.
+            let mut seen = HashSet::new();
+            b.problems.retain(|f| seen.insert(f.clone()));
+            return Err(ConfigError::Invalid(b.problems));
+        }
+        Ok(RouteTable { listeners, credentials: b.loaded.0.into_values().collect() })
     }
 
     /// The plan of the listener called `name`.
@@ -183,51 +179,62 @@ impl RouteTable {
     }
 }
 
+/// What a build carries along: the config, the credentials loaded so far, and every
+/// problem met. A build step returns `None` only after adding a problem.
+struct Builder<'c> {
+    config: &'c Config,
+    loaded: Loaded,
+    problems: Vec<Finding>,
+}
+
+impl Builder<'_> {
+    fn fail(&mut self, span: Range<usize>, field: String, error: impl Display) {
+        self.problems.push(self.config.finding(span, field, error.to_string()));
+    }
+}
+
 /// Credentials loaded while building, by certificate file, so a file named by several
 /// entries is described once.
 #[derive(Default)]
-struct Loaded(std::collections::BTreeMap<std::path::PathBuf, tls::CredentialInfo>);
+struct Loaded(BTreeMap<PathBuf, tls::CredentialInfo>);
 
 impl Loaded {
-    fn key(&mut self, cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, tls::TlsError> {
-        let certified = tls::load_certified_key(cert, key)?;
-        self.0.insert(cert.to_owned(), tls::CredentialInfo::of(cert, &certified));
+    fn key(&mut self, pair: &CertKey) -> Result<Arc<rustls::sign::CertifiedKey>, tls::TlsError> {
+        let certified = tls::load_certified_key(&pair.cert, &pair.key)?;
+        self.0.insert(pair.cert.clone(), tls::CredentialInfo::of(&pair.cert, &certified));
         Ok(certified)
     }
 }
 
-fn build_route(config: &Config, i: usize, r: &Spanned<RouteConfig>, loaded: &mut Loaded) -> Result<Route, ConfigError> {
+fn build_route(b: &mut Builder<'_>, i: usize, r: &Spanned<RouteConfig>) -> Option<Route> {
     let route = r.get_ref();
-    let at = |field: &str, e: tls::TlsError| config.locate(r.span(), format!("route[{i}] ({}).{field}", route.name), e.to_string());
-    let (host, port) = split_host_port(&route.upstream).expect("validated: upstream is host:port");
-    let tls_config = route.upstream_tls.as_ref().expect("validated: role defaults set upstream_tls");
-    let mode = tls_config.mode.expect("validated: upstream_tls.mode is set");
-    let origination = match mode {
-        TlsMode::Disable => None,
-        mode => {
-            let sni = tls_config.sni.clone().unwrap_or_else(|| host.clone());
-            let server_name = ServerName::try_from(sni.clone()).map_err(|_| {
-                config.locate(r.span(), format!("route[{i}] ({}).upstream_tls.sni", route.name), format!("{sni:?} is not a DNS name or IP address"))
-            })?;
-            let paths = tls_config.paths();
-            let key = match (mode, &paths.cert, &paths.key) {
-                (TlsMode::Mutual, Some(cert), Some(key)) => Some(loaded.key(cert, key).map_err(|e| at("upstream_tls", e))?),
-                _ => None,
+    let field = format!("route[{i}] ({}).upstream_tls", route.name);
+    let origination = match &route.upstream_tls {
+        None => Some(None),
+        Some(tls) => {
+            let key = match &tls.client {
+                Some(pair) => b.loaded.key(pair).map(Some).map_err(|e| b.fail(r.span(), field.clone(), e)).ok(),
+                None => Some(None),
             };
-            let client = tls::client_config(key, tls_config).map_err(|e| at("upstream_tls", e))?;
-            Some(Origination { config: client, server_name })
+            // Built even when the key failed, so a bad CA is reported too.
+            let client = tls::client_config(key.clone().flatten(), tls).map_err(|e| b.fail(r.span(), field, e)).ok();
+            match (key, client) {
+                (Some(_), Some(config)) => Some(Some(Origination { config, server_name: tls.sni.clone() })),
+                _ => None,
+            }
         }
     };
-    Ok(Route {
+    let downstream_ssl = build_downstream_ssl(b, i, r);
+    Some(Route {
         name: route.name.clone(),
-        host,
-        port,
+        host: route.upstream.host.clone(),
+        port: route.upstream.port,
         connect_timeout: route.connect_timeout,
-        origination,
-        allow: AllowList(route.allow.iter().map(|p| Pattern::parse(p).expect("validated: allow patterns parse")).collect()),
+        origination: origination?,
+        allow: AllowList(route.allow.clone()),
         idle_timeout: route.idle_timeout,
         protocol: route.protocol,
-        downstream_ssl: build_downstream_ssl(config, i, r, loaded)?,
+        downstream_ssl: downstream_ssl?,
         keepalive: route.tcp_keepalive,
         next_address: AtomicUsize::new(0),
     })
@@ -235,43 +242,74 @@ fn build_route(config: &Config, i: usize, r: &Spanned<RouteConfig>, loaded: &mut
 
 /// The in-protocol server config of a database route (none for `tcp` routes or when
 /// TLS is not offered to clients).
-fn build_downstream_ssl(config: &Config, i: usize, r: &Spanned<RouteConfig>, loaded: &mut Loaded) -> Result<DownstreamSsl, ConfigError> {
+fn build_downstream_ssl(b: &mut Builder<'_>, i: usize, r: &Spanned<RouteConfig>) -> Option<DownstreamSsl> {
     let route = r.get_ref();
-    let mode = route.downstream_ssl_mode();
-    let server = match (&route.downstream_tls, route.protocol, mode) {
-        (Some(own), Protocol::Mysql | Protocol::Postgres, SslMode::Preferred | SslMode::Required) => {
-            let at = |e: tls::TlsError| config.locate(r.span(), format!("route[{i}] ({}).downstream_tls", route.name), e.to_string());
-            let p = own.paths();
-            let key = loaded.key(path(&p.cert), path(&p.key)).map_err(at)?;
-            let mut settings = own.clone();
-            settings.mode = Some(own.mode.unwrap_or(if p.ca.is_some() { TlsMode::Mutual } else { TlsMode::Simple }));
-            let ca = if settings.mode == Some(TlsMode::Mutual) { p.ca.as_deref() } else { None };
-            Some(tls::server_config(&settings, key, ca, own.ca_crl.as_deref()).map_err(at)?)
-        }
-        _ => None,
+    let mode = route.downstream_ssl_mode;
+    let own = match (&route.downstream_tls, route.protocol, mode) {
+        (Some(own), Protocol::Mysql | Protocol::Postgres, SslMode::Preferred | SslMode::Required) => own,
+        _ => return Some(DownstreamSsl { mode: SslMode::Disabled, server: None }),
     };
-    Ok(DownstreamSsl { mode: if server.is_some() { mode } else { SslMode::Disabled }, server })
+    let tls_mode = own.mode.unwrap_or(if own.ca.is_some() { TlsMode::Mutual } else { TlsMode::Simple });
+    let ca = if tls_mode == TlsMode::Mutual { own.ca.as_deref() } else { None };
+    // Versions and suites of a database route are the defaults (validation refuses others).
+    let server = b.loaded.key(&own.credential).and_then(|key| tls::server_config(&TlsPolicy::default(), tls_mode, key, ca, own.ca_crl.as_deref()));
+    match server {
+        Ok(server) => Some(DownstreamSsl { mode, server: Some(server) }),
+        Err(e) => {
+            b.fail(r.span(), format!("route[{i}] ({}).downstream_tls", route.name), e);
+            None
+        }
+    }
 }
 
+fn build_listener(b: &mut Builder<'_>, i: usize, l: &Spanned<ListenerConfig>, routes: &HashMap<&str, Arc<Route>>) -> Option<ListenerPlan> {
+    let listener = l.get_ref();
+    let routing = match &listener.kind {
+        ListenerKind::Plain { route } => match routes.get(route.as_str()) {
+            Some(route) => Routing::Plain(route.clone()),
+            // Its route failed to build, and said why.
+            None if !b.problems.is_empty() => return None,
+            None => {
+                b.fail(l.span(), format!("listener[{i}] ({}).route", listener.name), format!("no route is named {route:?}"));
+                return None;
+            }
+        },
+        ListenerKind::Tls { tls, default_route } => Routing::Tls(build_tls_routing(b, i, l, tls, default_route.as_deref(), routes)),
+    };
+    Some(ListenerPlan {
+        name: listener.name.clone(),
+        address: listener.address,
+        max_connections: listener.max_connections,
+        handshake_timeout: listener.handshake_timeout,
+        routing,
+        keepalive: listener.tcp_keepalive,
+        flush_interval: listener.access_log_flush_interval,
+    })
+}
+
+/// The SNI table of a TLS listener. Entries whose credential failed are left out (and
+/// reported), so the table is only complete when the build found no problem.
 fn build_tls_routing(
-    config: &Config,
+    b: &mut Builder<'_>,
     i: usize,
     l: &Spanned<ListenerConfig>,
-    tls: &TlsConfig,
-    routes: &HashMap<String, Arc<Route>>,
-    loaded: &mut Loaded,
-) -> Result<TlsRouting, ConfigError> {
+    tls: &ListenerTls,
+    default_route: Option<&str>,
+    routes: &HashMap<&str, Arc<Route>>,
+) -> TlsRouting {
+    let config = b.config;
     let listener = l.get_ref();
-    let listener_paths = tls.paths();
-    let located = |field: String, e: tls::TlsError| config.locate(l.span(), field, e.to_string());
     let listener_field = format!("listener[{i}] ({}).tls", listener.name);
+    let server_config = |key, ca: Option<&std::path::Path>, crl: Option<&std::path::Path>| tls::server_config(&tls.policy, tls.mode, key, ca, crl);
     // The listener's own certificate serves every route that brings none.
-    let shared = match (&listener_paths.cert, &listener_paths.key) {
-        (Some(cert), Some(key)) => {
-            let key = loaded.key(cert, key).map_err(|e| located(listener_field.clone(), e))?;
-            Some(tls::server_config(tls, key, listener_paths.ca.as_deref(), tls.ca_crl.as_deref()).map_err(|e| located(listener_field.clone(), e))?)
-        }
-        _ => None,
+    let shared = match &tls.credential {
+        Some(pair) => b
+            .loaded
+            .key(pair)
+            .and_then(|key| server_config(key, tls.ca.as_deref(), tls.ca_crl.as_deref()))
+            .map_err(|e| b.fail(l.span(), listener_field.clone(), e))
+            .ok(),
+        None => None,
     };
     let mut by_sni = HashMap::new();
     let mut entries = HashMap::new();
@@ -280,47 +318,171 @@ fn build_tls_routing(
         if !config.tls_listeners_of(rc).any(|name| name == listener.name) {
             continue;
         }
-        let server = match &rc.downstream_tls {
-            Some(own) => {
-                let p = own.paths();
-                let field = format!("route[{j}] ({}).downstream_tls", rc.name);
-                let at = |e| config.locate(r.span(), field.clone(), e);
-                let key = loaded.key(path(&p.cert), path(&p.key)).map_err(|e| at(e.to_string()))?;
+        let server = match (&rc.downstream_tls, &shared) {
+            (Some(own), _) => {
                 // Only an explicit `ca` replaces the listener's client CA: a Secret's
                 // ca.crt names the issuer of the *server* certificate (cert-manager).
-                let ca = own.ca.as_deref().or(listener_paths.ca.as_deref());
+                let ca = own.ca.as_deref().or(tls.ca.as_deref());
                 let crl = own.ca_crl.as_deref().or(tls.ca_crl.as_deref());
-                tls::server_config(tls, key, ca, crl).map_err(|e| at(e.to_string()))?
+                match b.loaded.key(&own.credential).and_then(|key| server_config(key, ca, crl)) {
+                    Ok(server) => server,
+                    Err(e) => {
+                        b.fail(r.span(), format!("route[{j}] ({}).downstream_tls", rc.name), e);
+                        continue;
+                    }
+                }
             }
-            None => shared.clone().ok_or_else(|| {
-                located(
-                    listener_field.clone(),
-                    tls::TlsError::File {
-                        file: config.path.clone(),
-                        reason: format!("route {:?} brings no downstream_tls and the listener has no certificate to present for it", rc.name),
-                    },
-                )
-            })?,
+            (None, Some(shared)) => shared.clone(),
+            // The listener's certificate failed to load: reported above.
+            (None, None) if tls.credential.is_some() => continue,
+            (None, None) => {
+                let why = format!("route {:?} brings no downstream_tls and the listener has no certificate to present for it", rc.name);
+                b.fail(l.span(), listener_field.clone(), why);
+                continue;
+            }
         };
-        let entry = TlsEntry { route: routes[&rc.name].clone(), server };
+        // A route that failed to build has said why.
+        let Some(route) = routes.get(rc.name.as_str()) else { continue };
+        let entry = TlsEntry { route: route.clone(), server };
         for host in &rc.hosts {
             by_sni.insert(host.to_ascii_lowercase(), entry.clone());
         }
-        entries.insert(rc.name.clone(), entry);
+        entries.insert(rc.name.as_str(), entry);
     }
-    let default = match &listener.default_route {
-        Some(name) => Some(entries.get(name).cloned().ok_or_else(|| {
-            config.locate(
-                l.span(),
-                format!("listener[{i}] ({}).default_route", listener.name),
-                format!("route {name:?} is not served at this listener (see its `listeners`)"),
-            )
-        })?),
+    let default = match default_route {
         None => None,
+        Some(name) => match entries.get(name) {
+            Some(entry) => Some(entry.clone()),
+            None if !b.problems.is_empty() => None,
+            None => {
+                let why = format!("route {name:?} is not served at this listener (see its `listeners`)");
+                b.fail(l.span(), format!("listener[{i}] ({}).default_route", listener.name), why);
+                None
+            }
+        },
     };
-    Ok(TlsRouting { by_sni, default, refuse: tls::refusing_server_config(), handshake_timeout: listener.handshake_timeout, peer_auth: listener.peer_auth })
+    TlsRouting { by_sni, default, refuse: tls::refusing_server_config(), handshake_timeout: listener.handshake_timeout, peer_auth: listener.peer_auth }
 }
 
-fn path(p: &Option<std::path::PathBuf>) -> &Path {
-    p.as_deref().expect("validated: credential paths are present")
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::certs::{write_reference, KeyType, ReferenceOptions};
+    use crate::config::Role;
+
+    /// The reference PKI in a fresh directory, removed on drop.
+    struct Pki(PathBuf);
+
+    impl Pki {
+        fn new(name: &str) -> Pki {
+            let dir = std::env::temp_dir().join(format!("strait-route-{name}-{}", std::process::id()));
+            let options = ReferenceOptions { host: "db.example.com".into(), trust_domain: "cluster.local".into(), days: 30, key_type: KeyType::EcdsaP256 };
+            write_reference(&dir, &options).unwrap();
+            Pki(dir)
+        }
+
+        fn path(&self, secret: &str) -> String {
+            self.0.join(secret).display().to_string()
+        }
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn egress(pki: &Pki, routes: &str) -> Config {
+        let text = format!(
+            r#"
+[[listener]]
+name = "mesh"
+address = "127.0.0.1:15443"
+tls = {{ mode = "mutual", dir = "{mesh}" }}
+
+[[listener]]
+name = "mysql"
+address = "127.0.0.1:3306"
+route = "mysql"
+{routes}"#,
+            mesh = pki.path("mesh/egress"),
+        );
+        Config::parse(Path::new("test.toml"), text, Role::Egress).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn routes_carry_checked_values() {
+        let pki = Pki::new("checked");
+        let config = egress(
+            &pki,
+            &format!(
+                r#"
+[[route]]
+name = "mysql"
+hosts = ["db.example.com"]
+upstream = "DB.example.com:13306"
+upstream_tls = {{ mode = "mutual", dir = "{client}", sni = "ingress.example.com" }}
+
+[[route]]
+name = "api"
+hosts = ["api.example.com"]
+listeners = ["mesh"]
+upstream = "[::1]:8443"
+upstream_tls = {{ mode = "disable" }}
+allow = ["spiffe://cluster.local/ns/default/sa/*"]
+"#,
+                client = pki.path("egress"),
+            ),
+        );
+        let table = RouteTable::build(&config).unwrap_or_else(|e| panic!("{e}"));
+        let Routing::Plain(route) = &table.listener("mysql").unwrap().routing else { panic!("plain listener") };
+        assert_eq!((route.host.as_str(), route.port), ("db.example.com", 13306));
+        assert_eq!(route.origination.as_ref().unwrap().server_name.to_str(), "ingress.example.com");
+        let Routing::Tls(mesh) = &table.listener("mesh").unwrap().routing else { panic!("TLS listener") };
+        assert!(Arc::ptr_eq(&mesh.select(Some("DB.Example.com")).unwrap().route, route));
+        let api = &mesh.select(Some("api.example.com")).unwrap().route;
+        assert_eq!((api.host.as_str(), api.port), ("::1", 8443));
+        assert!(api.origination.is_none());
+        assert_eq!(api.allow.0, [crate::authz::Pattern::Uri("spiffe://cluster.local/ns/default/sa/*".into())]);
+        assert_eq!(table.credentials.len(), 2, "mesh and client certificates: {:?}", table.credentials);
+    }
+
+    #[test]
+    fn every_credential_problem_is_reported_at_its_entry() {
+        let pki = Pki::new("problems");
+        let config = egress(
+            &pki,
+            &format!(
+                r#"
+[[route]]
+name = "mysql"
+upstream = "db.example.com:13306"
+upstream_tls = {{ mode = "mutual", dir = "{nowhere}" }}
+
+[[route]]
+name = "api"
+hosts = ["api.example.com"]
+upstream = "api.example.com:443"
+upstream_tls = {{ mode = "disable" }}
+downstream_tls = {{ cert = "{server}/tls.crt", key = "{client}/tls.key" }}
+"#,
+                nowhere = pki.path("nowhere"),
+                server = pki.path("ingress"),
+                client = pki.path("egress"),
+            ),
+        );
+        let e = RouteTable::build(&config).unwrap_err();
+        let lines: Vec<String> = e.to_string().lines().map(str::to_owned).collect();
+        // The client key and the CA of route 0 (both missing), and route 1's mismatch.
+        assert_eq!(lines.len(), 3, "{e}");
+        assert!(lines[0].starts_with("test.toml:12:1: route[0] (mysql).upstream_tls: ") && lines[0].contains("nowhere/tls.crt: cannot read"), "{}", lines[0]);
+        assert!(lines[1].starts_with("test.toml:12:1: route[0] (mysql).upstream_tls: ") && lines[1].contains("nowhere/ca.crt: cannot read"), "{}", lines[1]);
+        assert!(
+            lines[2].starts_with("test.toml:17:1: route[1] (api).downstream_tls: ") && lines[2].contains("does not belong to the certificate"),
+            "{}",
+            lines[2]
+        );
+    }
 }

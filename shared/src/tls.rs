@@ -19,8 +19,8 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStor
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::authz::{Pattern, PatternError};
-use crate::config::{TlsConfig, TlsMode, TlsVersion};
+use crate::authz::Pattern;
+use crate::config::{TlsMode, TlsPolicy, TlsVersion, UpstreamTls};
 use crate::identity::Identity;
 
 /// A credential or CA file that cannot be used, with the file and the reason.
@@ -28,10 +28,20 @@ use crate::identity::Identity;
 pub enum TlsError {
     /// Missing or unreadable file, or no PEM block of the expected kind in it.
     #[error("{file}: {reason}")]
-    File { file: PathBuf, reason: String },
+    File {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong with it, and how to fix it.
+        reason: String,
+    },
     /// rustls refused the assembled configuration.
     #[error("{context}: {source}")]
-    Rustls { context: String, source: rustls::Error },
+    Rustls {
+        /// What was being built.
+        context: String,
+        /// rustls's refusal.
+        source: rustls::Error,
+    },
 }
 
 fn file_error(file: &Path, reason: impl Into<String>) -> TlsError {
@@ -52,50 +62,34 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// A cipher suite by its rustls name (`TLS13_AES_128_GCM_SHA256`, ...).
-pub fn cipher_suite(name: &str) -> Option<SupportedCipherSuite> {
-    rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES.iter().find(|s| s.suite().as_str().is_some_and(|n| n.eq_ignore_ascii_case(name))).copied()
-}
-
-/// Every cipher suite name the provider knows, for error messages.
-pub fn cipher_suite_names() -> Vec<&'static str> {
-    rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES.iter().filter_map(|s| s.suite().as_str()).collect()
-}
-
-/// A `subject_alt_names` entry: a URI (SPIFFE ID, `*` per segment) or a DNS name.
-pub fn san_pattern(name: &str) -> Result<Pattern, PatternError> {
-    if name.contains("://") {
-        Pattern::parse(name)
-    } else {
-        Pattern::parse(&format!("dns:{name}"))
-    }
-}
-
 /// Default suite order: AES-128-GCM first. Its SHA-256 key schedule runs on the SHA
 /// extensions of current x86 CPUs, where AES-256's SHA-384 does not — 11 % of a
 /// handshake's CPU in the benchmark's profile — and it is Envoy's (BoringSSL's) first
 /// choice too. AES-256 and ChaCha20 follow.
-const DEFAULT_SUITE_ORDER: &[&str] = &[
-    "TLS13_AES_128_GCM_SHA256",
-    "TLS13_AES_256_GCM_SHA384",
-    "TLS13_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-];
+fn default_suites() -> Vec<SupportedCipherSuite> {
+    use rustls::crypto::aws_lc_rs::cipher_suite::*;
+    vec![
+        TLS13_AES_128_GCM_SHA256,
+        TLS13_AES_256_GCM_SHA384,
+        TLS13_CHACHA20_POLY1305_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ]
+}
 
-/// The provider restricted to the configured cipher suites (validated names) or the
-/// default order, and the protocol versions from `min_version`.
-fn policy(tls: &TlsConfig) -> (Arc<CryptoProvider>, &'static [&'static rustls::SupportedProtocolVersion]) {
+/// The provider restricted to the policy's cipher suites (or the default order), and the
+/// protocol versions from `min_version`.
+fn policy(policy: &TlsPolicy) -> (Arc<CryptoProvider>, &'static [&'static rustls::SupportedProtocolVersion]) {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    provider.cipher_suites = match &tls.cipher_suites {
-        Some(names) => names.iter().filter_map(|n| cipher_suite(n)).collect(),
-        None => DEFAULT_SUITE_ORDER.iter().filter_map(|n| cipher_suite(n)).collect(),
+    provider.cipher_suites = match &policy.cipher_suites {
+        Some(suites) => suites.iter().map(|s| s.0).collect(),
+        None => default_suites(),
     };
-    let versions: &'static [&'static rustls::SupportedProtocolVersion] = match tls.min_version {
+    let versions: &'static [&'static rustls::SupportedProtocolVersion] = match policy.min_version {
         TlsVersion::V1_2 => rustls::ALL_VERSIONS,
         TlsVersion::V1_3 => TLS13_ONLY,
     };
@@ -238,18 +232,19 @@ impl CredentialInfo {
     }
 }
 
-fn required<'a>(path: &'a Option<PathBuf>, what: &str) -> Result<&'a Path, TlsError> {
-    path.as_deref().ok_or_else(|| file_error(Path::new("<config>"), format!("no {what} file configured")))
-}
-
-/// Builds the configuration a TLS listener uses for one route's hosts: the listener's
-/// `tls` gives mode, versions and suites; `client_ca` and `crl` verify clients.
-pub fn server_config(listener: &TlsConfig, key: Arc<CertifiedKey>, client_ca: Option<&Path>, crl: Option<&Path>) -> Result<Arc<ServerConfig>, TlsError> {
-    let (provider, versions) = policy(listener);
+/// Builds the configuration a TLS listener uses for one route's hosts: `policy` and
+/// `mode` are the listener's; in `mutual` mode `client_ca` (and `crl`) verify clients.
+pub fn server_config(
+    policy: &TlsPolicy,
+    mode: TlsMode,
+    key: Arc<CertifiedKey>,
+    client_ca: Option<&Path>,
+    crl: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let (provider, versions) = self::policy(policy);
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|source| TlsError::Rustls { context: "server protocol versions".into(), source })?;
-    let mode = listener.mode.unwrap_or(TlsMode::Mutual);
     let builder = match (mode, client_ca) {
         (TlsMode::Mutual, Some(ca)) => {
             let mut verifier = WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider);
@@ -260,6 +255,7 @@ pub fn server_config(listener: &TlsConfig, key: Arc<CertifiedKey>, client_ca: Op
             let verifier = verifier.build().map_err(|e| file_error(ca, format!("cannot verify clients with this CA bundle: {e}")))?;
             builder.with_client_cert_verifier(verifier)
         }
+        // Never fall back to no client authentication when mutual TLS was asked for.
         (TlsMode::Mutual, None) => return Err(file_error(Path::new("<config>"), "mutual TLS needs a client CA")),
         _ => builder.with_no_client_auth(),
     };
@@ -280,24 +276,20 @@ pub fn refusing_server_config() -> Arc<ServerConfig> {
 /// Builds the configuration for originating TLS to one route's upstream; `client_key`
 /// is presented in mutual mode. The server's chain is verified against the route's CA;
 /// its name against `sni`, or against `subject_alt_names` when those are set.
-pub fn client_config(client_key: Option<Arc<CertifiedKey>>, tls: &TlsConfig) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn client_config(client_key: Option<Arc<CertifiedKey>>, tls: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
     client_config_with(client_key, tls, server_verifier(tls)?)
 }
 
 /// The verifier origination uses for `tls`: webpki against the route's CA, with secure
 /// naming when `subject_alt_names` is set.
-pub fn server_verifier(tls: &TlsConfig) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
-    let ca = required(&tls.paths().ca, "CA")?.to_owned();
-    let (provider, _) = policy(tls);
-    let inner = WebPkiServerVerifier::builder_with_provider(load_roots(&ca)?, provider)
+pub fn server_verifier(tls: &UpstreamTls) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    let (provider, _) = policy(&tls.policy);
+    let inner = WebPkiServerVerifier::builder_with_provider(load_roots(&tls.ca)?, provider)
         .build()
-        .map_err(|e| file_error(&ca, format!("cannot verify servers with this CA bundle: {e}")))?;
+        .map_err(|e| file_error(&tls.ca, format!("cannot verify servers with this CA bundle: {e}")))?;
     Ok(match &tls.subject_alt_names {
         None => inner,
-        Some(names) => {
-            let names = names.iter().filter_map(|n| san_pattern(n).ok()).collect();
-            Arc::new(NamedServerVerifier { inner, names, verify_hostname: tls.verify_hostname.unwrap_or(false) })
-        }
+        Some(names) => Arc::new(NamedServerVerifier { inner, names: names.clone(), verify_hostname: tls.verify_hostname }),
     })
 }
 
@@ -305,10 +297,10 @@ pub fn server_verifier(tls: &TlsConfig) -> Result<Arc<dyn ServerCertVerifier>, T
 /// server's chain).
 pub fn client_config_with(
     client_key: Option<Arc<CertifiedKey>>,
-    tls: &TlsConfig,
+    tls: &UpstreamTls,
     verifier: Arc<dyn ServerCertVerifier>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let (provider, versions) = policy(tls);
+    let (provider, versions) = policy(&tls.policy);
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|source| TlsError::Rustls { context: "client protocol versions".into(), source })?

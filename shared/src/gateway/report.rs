@@ -98,16 +98,15 @@ pub fn credentials(table: &RouteTable, metrics: &Metrics, warning_window: Durati
 /// Settings that weaken security are allowed only when explicit, and then said loudly.
 pub fn insecure_settings(config: &Config, role: Role) {
     for route in config.routes.iter().map(|r| r.get_ref()) {
-        let mode = route.upstream_tls.as_ref().and_then(|t| t.mode);
-        if role == Role::Egress && mode == Some(TlsMode::Disable) {
+        if role == Role::Egress && route.upstream_tls.is_none() {
             tracing::warn!(route = %route.name, upstream = %route.upstream, "INSECURE: upstream_tls.mode = \"disable\": this route sends plaintext off the host");
         }
     }
     for listener in config.listeners.iter().map(|l| l.get_ref()) {
-        if listener.tls.as_ref().and_then(|t| t.mode) == Some(TlsMode::Simple) {
+        if listener.tls().map(|t| t.mode) == Some(TlsMode::Simple) {
             tracing::warn!(listener = %listener.name, "tls.mode = \"simple\": clients are not authenticated on this listener");
         }
-        if listener.tls.is_some() && listener.peer_auth != PeerAuth::Strict {
+        if listener.tls().is_some() && listener.peer_auth != PeerAuth::Strict {
             tracing::warn!(listener = %listener.name, peer_auth = ?listener.peer_auth, "INSECURE: this TLS listener also accepts plaintext clients (they take default_route)");
         }
     }

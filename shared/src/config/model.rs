@@ -1,0 +1,193 @@
+//! The checked configuration: what validation produces and everything else reads.
+//!
+//! Every value here has been checked against the rest of the file: an upstream is a
+//! [`HostPort`], a listener has its address, cipher suites and identity patterns are
+//! parsed, and credential files come in the pairs their mode needs. An `Option` here
+//! means "not configured", never "validated to be present". The serde `Serialize` is the
+//! effective configuration shown at `/config_dump` (`dir` expanded into file paths).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use serde::Serialize;
+
+use super::schema::{PeerAuth, Protocol, SslMode, TcpKeepalive, TlsMode, TlsVersion};
+use super::values::{self, CipherSuite, HostPort};
+use crate::authz::Pattern;
+
+/// One port the gateway accepts on.
+#[derive(Debug, Serialize)]
+pub struct ListenerConfig {
+    /// Unique name, used in logs and by routes' `listeners`.
+    pub name: String,
+    /// Where it binds (the role's TLS port on all interfaces when the file names none).
+    pub address: SocketAddr,
+    /// Plain TCP to one route, or TLS termination routed by SNI.
+    #[serde(flatten)]
+    pub kind: ListenerKind,
+    /// Longest wait for a client to finish its TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Istio's PeerAuthentication mode (always `strict` at plain listeners).
+    pub peer_auth: PeerAuth,
+    /// Most connections open at once; beyond it new ones are closed at accept.
+    pub max_connections: usize,
+    /// TCP keepalive on accepted client connections.
+    pub tcp_keepalive: TcpKeepalive,
+    /// How often a relaying connection writes a periodic access-log record, if at all.
+    #[serde(with = "humantime_serde")]
+    pub access_log_flush_interval: Option<Duration>,
+}
+
+/// What a listener does with a connection.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ListenerKind {
+    /// Plain TCP: every connection takes `route` (a route of this file).
+    Plain {
+        /// The route's name.
+        route: String,
+    },
+    /// TLS termination; the route is chosen by SNI.
+    Tls {
+        /// Mode, credential and policy.
+        tls: ListenerTls,
+        /// Route for clients without SNI (and plaintext clients under `peer_auth`);
+        /// a route served at this listener.
+        default_route: Option<String>,
+    },
+}
+
+impl ListenerConfig {
+    /// The listener's TLS settings; `None` for a plain listener.
+    pub fn tls(&self) -> Option<&ListenerTls> {
+        match &self.kind {
+            ListenerKind::Tls { tls, .. } => Some(tls),
+            ListenerKind::Plain { .. } => None,
+        }
+    }
+}
+
+/// A certificate chain file and its private key file, always given together.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CertKey {
+    /// Certificate chain, leaf first (PEM).
+    pub cert: PathBuf,
+    /// Private key for `cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Lowest version and cipher suites of one TLS side.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TlsPolicy {
+    /// Lowest TLS version accepted.
+    pub min_version: TlsVersion,
+    /// Suites in preference order; `None`: the built-in order.
+    pub cipher_suites: Option<Vec<CipherSuite>>,
+}
+
+/// A listener's `tls`: TLS termination.
+#[derive(Clone, Debug, Serialize)]
+pub struct ListenerTls {
+    /// `mutual` or `simple` (never `disable`: a plain listener has no `tls`).
+    pub mode: TlsMode,
+    /// The certificate presented for routes that bring no `downstream_tls`.
+    #[serde(flatten)]
+    pub credential: Option<CertKey>,
+    /// CA bundle that verifies client certificates; present in `mutual` mode.
+    pub ca: Option<PathBuf>,
+    /// Revocation lists checked against client certificates.
+    pub ca_crl: Option<PathBuf>,
+    /// Versions and suites.
+    #[serde(flatten)]
+    pub policy: TlsPolicy,
+}
+
+/// A route's `upstream_tls` in mode `simple` or `mutual` (mode `disable` is no
+/// `UpstreamTls` at all).
+#[derive(Clone, Debug, Serialize)]
+pub struct UpstreamTls {
+    /// `simple` or `mutual`.
+    pub mode: TlsMode,
+    /// Client certificate presented upstream; set exactly in `mutual` mode.
+    #[serde(flatten)]
+    pub client: Option<CertKey>,
+    /// CA bundle that verifies the server.
+    pub ca: PathBuf,
+    /// SNI sent and, unless `subject_alt_names` replace it, the name verified
+    /// (default: the upstream host).
+    #[serde(serialize_with = "values::server_name")]
+    pub sni: ServerName<'static>,
+    /// Secure naming: the server certificate must carry one of these.
+    #[serde(serialize_with = "values::optional_patterns")]
+    pub subject_alt_names: Option<Vec<Pattern>>,
+    /// With `subject_alt_names`, also check the certificate against `sni`.
+    pub verify_hostname: bool,
+    /// Versions and suites.
+    #[serde(flatten)]
+    pub policy: TlsPolicy,
+}
+
+/// A route's `downstream_tls`: its own server certificate.
+#[derive(Clone, Debug, Serialize)]
+pub struct DownstreamTls {
+    /// The certificate presented for this route's hosts.
+    #[serde(flatten)]
+    pub credential: CertKey,
+    /// CA that verifies clients. At `tcp` routes only an explicit `ca` (a Secret's
+    /// ca.crt names the issuer of the *server* certificate, as cert-manager writes it);
+    /// `None` there means the listener's CA. At database routes `ca` or the `dir`'s
+    /// ca.crt, used in `mutual` mode.
+    pub ca: Option<PathBuf>,
+    /// Revocation lists checked against client certificates.
+    pub ca_crl: Option<PathBuf>,
+    /// Database routes: the in-protocol TLS mode as written (`None`: `mutual` when a CA
+    /// is known, `simple` otherwise). Always `None` at `tcp` routes, where the
+    /// listener's mode applies.
+    pub mode: Option<TlsMode>,
+}
+
+/// One destination: the SNI hosts that select it and the upstream it connects to.
+#[derive(Debug, Serialize)]
+pub struct RouteConfig {
+    /// Unique name, used in logs and by listeners' `route` / `default_route`.
+    pub name: String,
+    /// SNI host names that select this route at TLS listeners (exact, case-insensitive).
+    pub hosts: Vec<String>,
+    /// TLS listeners whose SNI table holds this route; all of them when absent.
+    pub listeners: Option<Vec<String>>,
+    /// Where it connects.
+    pub upstream: HostPort,
+    /// Longest wait for one TCP connect to one upstream address.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Origination TLS; `None` means mode `disable` (plaintext, said explicitly in the
+    /// file, or the ingress's default towards its in-cluster backend).
+    pub upstream_tls: Option<UpstreamTls>,
+    /// Server certificate this route presents, chosen by SNI or inside a database
+    /// protocol.
+    pub downstream_tls: Option<DownstreamTls>,
+    /// Client identities allowed to use this route; empty: any client the listener's
+    /// TLS accepted.
+    #[serde(serialize_with = "values::patterns")]
+    pub allow: Vec<Pattern>,
+    /// A connection with no bytes either way for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// `tcp`, or a database whose TLS is negotiated inside its protocol.
+    pub protocol: Protocol,
+    /// Database routes: client-side TLS inside the protocol, default applied
+    /// (`required` with `downstream_tls`, `disabled` without); `disabled` at `tcp` routes.
+    pub downstream_ssl_mode: SslMode,
+    /// TCP keepalive on the upstream connections of this route.
+    pub tcp_keepalive: TcpKeepalive,
+}
+
+impl RouteConfig {
+    /// The client-side TLS mode of a database route, defaults applied.
+    pub fn downstream_ssl_mode(&self) -> SslMode {
+        self.downstream_ssl_mode
+    }
+}

@@ -1,0 +1,321 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::*;
+use crate::authz::Pattern;
+
+fn parse(role: Role, text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("test.toml"), text.to_owned(), role)
+}
+
+/// The findings of a refused file, one string each.
+fn findings(role: Role, text: &str) -> Vec<String> {
+    match parse(role, text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(ConfigError::Invalid(found)) => found.iter().map(Finding::to_string).collect(),
+        Err(other) => panic!("not a validation error: {other}"),
+    }
+}
+
+const EGRESS: &str = r#"
+[[listener]]
+name = "mesh"
+tls = { mode = "mutual", dir = "/certs/mesh" }
+
+[[listener]]
+name = "mysql"
+address = "127.0.0.1:3306"
+route = "mysql"
+
+[[route]]
+name = "mysql"
+hosts = ["db.example.com"]
+upstream = "db.example.com:13306"
+upstream_tls = { mode = "mutual", dir = "/certs/client" }
+"#;
+
+#[test]
+fn egress_reference_parses_with_role_defaults() {
+    let c = parse(Role::Egress, EGRESS).unwrap();
+    assert_eq!(c.listeners[0].get_ref().address, "0.0.0.0:15443".parse::<SocketAddr>().unwrap());
+    let up = c.routes[0].get_ref().upstream_tls.as_ref().unwrap();
+    assert_eq!(up.client.as_ref().map(|c| c.key.clone()), Some(PathBuf::from("/certs/client/tls.key")));
+    assert_eq!(up.ca, PathBuf::from("/certs/client/ca.crt"));
+    assert_eq!(c.routes[0].get_ref().connect_timeout, Duration::from_secs(10));
+}
+
+#[test]
+fn unknown_field_is_located_with_a_suggestion() {
+    let text = EGRESS.replace("route = \"mysql\"", "rout = \"mysql\"");
+    let e = parse(Role::Egress, &text).unwrap_err().to_string();
+    assert!(e.starts_with("test.toml:9:1: listener[1] (mysql).rout: unknown field `rout`: did you mean `route`?"), "{e}");
+    assert!(e.contains("expected one of `name`, `address`"), "{e}");
+    // The entry's other findings (a plain listener without `route`) wait for the fix.
+    assert_eq!(e.lines().count(), 1, "{e}");
+}
+
+#[test]
+fn route_to_missing_listener_names_field_and_line() {
+    let text = EGRESS.replace("route = \"mysql\"", "route = \"nope\"");
+    let e = parse(Role::Egress, &text).unwrap_err().to_string();
+    assert!(e.contains("test.toml:6:1: listener[1] (mysql).route: no route is named \"nope\" (routes: mysql)"), "{e}");
+    let text = EGRESS.replace("route = \"mysql\"", "route = \"mysq\"");
+    let e = parse(Role::Egress, &text).unwrap_err().to_string();
+    assert!(e.contains("no route is named \"mysq\": did you mean \"mysql\"? (routes: mysql)"), "{e}");
+}
+
+#[test]
+fn egress_route_without_tls_is_refused() {
+    let text = EGRESS.replace("upstream_tls = { mode = \"mutual\", dir = \"/certs/client\" }", "");
+    let e = parse(Role::Egress, &text).unwrap_err().to_string();
+    assert!(e.contains("upstream_tls: the egress originates TLS"), "{e}");
+}
+
+#[test]
+fn ingress_defaults_to_plain_backend_and_13306() {
+    let c = parse(
+        Role::Ingress,
+        r#"
+[[listener]]
+name = "mtls"
+tls = { mode = "mutual", dir = "/certs/server" }
+[[route]]
+name = "mysql"
+hosts = ["db.example.com"]
+upstream = "mysql.default.svc:3306"
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.listeners[0].get_ref().address.port(), 13306);
+    assert!(c.routes[0].get_ref().upstream_tls.is_none(), "plaintext to the in-cluster backend");
+}
+
+#[test]
+fn duplicate_sni_host_is_refused() {
+    let text = format!("{EGRESS}\n[[route]]\nname = \"b\"\nhosts = [\"DB.example.com\"]\nupstream = \"x:1\"\nupstream_tls = {{ mode = \"disable\" }}\n");
+    let e = parse(Role::Egress, &text).unwrap_err().to_string();
+    assert!(e.contains("route[1] (b).hosts: SNI host \"DB.example.com\" is already claimed by route \"mysql\""), "{e}");
+}
+
+#[test]
+fn keepalive_defaults_and_bounds() {
+    let c = parse(Role::Egress, EGRESS).unwrap();
+    let k = c.routes[0].get_ref().tcp_keepalive;
+    assert_eq!(k.bound(), Duration::from_secs(60 + 10 * 9), "today's values: 60 s, then 9 probes 10 s apart");
+    let text = EGRESS.replace("route = \"mysql\"", "route = \"mysql\"\ntcp_keepalive = { time = \"5s\", interval = \"1s\", probes = 3 }");
+    let c = parse(Role::Egress, &text).unwrap();
+    assert_eq!(c.listeners[1].get_ref().tcp_keepalive.bound(), Duration::from_secs(8));
+    let text = EGRESS.replace("route = \"mysql\"", "route = \"mysql\"\ntcp_keepalive = { time = \"500ms\" }");
+    let e = parse(Role::Egress, &text).unwrap_err().to_string();
+    assert!(e.contains("listener[1] (mysql).tcp_keepalive.time: must be at least 1s"), "{e}");
+    let text = EGRESS.replace("upstream = \"db.example.com:13306\"", "upstream = \"db.example.com:13306\"\ntcp_keepalive = { probes = 0 }");
+    let e = parse(Role::Egress, &text).unwrap_err().to_string();
+    assert!(e.contains("route[0] (mysql).tcp_keepalive.probes"), "{e}");
+}
+
+#[test]
+fn every_problem_in_a_file_is_reported_with_its_line() {
+    let text = r#"
+[[listener]]
+name = "mesh"
+tls = { mode = "mutual", dir = "/certs/mesh" }
+handshake_timeout = "0s"
+
+[[listener]]
+name = "mysql"
+address = "127.0.0.1:3306"
+route = "nope"
+
+[[route]]
+name = "mysql"
+hosts = ["db.example.com"]
+upstream = "db.example.com"
+upstream_tls = { mode = "mutual", dir = "/certs/client", cipher_suites = ["TLS_RC4"] }
+allow = ["client"]
+"#;
+    let found = findings(Role::Egress, text);
+    assert_eq!(
+        found,
+        [
+            "test.toml:2:1: listener[0] (mesh).handshake_timeout: must be more than 0 (it bounds how long a stranger can hold a connection)",
+            "test.toml:7:1: listener[1] (mysql).route: no route is named \"nope\" (routes: mysql)",
+            "test.toml:12:1: route[0] (mysql).upstream: \"db.example.com\" is not host:port (e.g. \"db.example.com:3306\", \"10.0.0.7:3306\" or \"[::1]:3306\")",
+            "test.toml:12:1: route[0] (mysql).allow: \"client\" is not an identity pattern: use *, a URI such as spiffe://td/ns/NS/sa/SA, dns:NAME or cn:NAME",
+            &format!("test.toml:12:1: route[0] (mysql).upstream_tls.cipher_suites: unknown cipher suite \"TLS_RC4\"; known: {}", CipherSuite::names().join(", ")),
+        ]
+    );
+}
+
+#[test]
+fn every_unknown_field_is_reported_and_other_entries_still_checked() {
+    let text = r#"
+[[listener]]
+name = "mesh"
+tls = { mood = "mutual", dir = "/certs/mesh" }
+
+[[listener]]
+name = "mysql"
+adress = "127.0.0.1:3306"
+route = "mysql"
+
+[[route]]
+name = "mysql"
+upstream = "db.example.com:13306"
+upstream_tls = { mode = "mutual", dir = "/certs/client" }
+idle_timeout = "0s"
+
+[admin]
+enable = false
+"#;
+    let found = findings(Role::Egress, text);
+    assert_eq!(found.len(), 4, "{found:#?}");
+    assert!(found[0].starts_with("test.toml:4:9: listener[0] (mesh).tls.mood: unknown field `mood`: did you mean `mode`?"), "{}", found[0]);
+    assert!(found[1].starts_with("test.toml:8:1: listener[1] (mysql).adress: unknown field `adress`: did you mean `address`?"), "{}", found[1]);
+    assert_eq!(found[2], "test.toml:11:1: route[0] (mysql).idle_timeout: must be more than 0 (a zero timeout would close every connection at once)");
+    assert!(found[3].starts_with("test.toml:18:1: admin.enable: unknown field `enable`: did you mean `enabled`?"), "{}", found[3]);
+}
+
+#[test]
+fn every_value_of_the_wrong_type_is_reported() {
+    let text = EGRESS
+        .replace("dir = \"/certs/mesh\" }", "dir = \"/certs/mesh\" }\nhandshake_timeout = \"0s\"")
+        .replace("route = \"mysql\"", "route = \"mysql\"\nmax_connections = \"many\"")
+        .replace("upstream = \"db.example.com:13306\"", "upstream = \"db.example.com:13306\"\nconnect_timeout = 5\nprotocol = \"mysq\"");
+    let text = format!("{text}\n[[route]]\nname = \"b\"\nupstream = \"x:1\"\nupstream_tls = {{ mode = \"mutal\" }}\n");
+    let found = findings(Role::Egress, &text);
+    assert_eq!(found.len(), 5, "{found:#?}");
+    // An entry without a bad value is still checked in full.
+    assert!(found[0].starts_with("test.toml:2:1: listener[0] (mesh).handshake_timeout: must be more than 0"), "{}", found[0]);
+    assert!(found[1].starts_with("test.toml:11:19: listener[1] (mysql).max_connections: invalid type: string \"many\""), "{}", found[1]);
+    assert!(found[2].starts_with("test.toml:17:19: route[0] (mysql).connect_timeout: invalid type: integer `5`"), "{}", found[2]);
+    assert!(found[3].starts_with("test.toml:18:12: route[0] (mysql).protocol: unknown variant `mysq`"), "{}", found[3]);
+    assert!(found[3].ends_with("did you mean `mysql`?"), "{}", found[3]);
+    assert!(found[4].starts_with("test.toml:24:25: route[1] (b).upstream_tls.mode: unknown variant `mutal`"), "{}", found[4]);
+}
+
+#[test]
+fn a_missing_required_field_stops_before_the_meaning_checks() {
+    let text = EGRESS.replace("upstream = \"db.example.com:13306\"", "");
+    let found = findings(Role::Egress, &text);
+    assert_eq!(found, ["test.toml:11:1: route[0] (mysql): missing field `upstream`"]);
+}
+
+#[test]
+fn syntax_errors_are_one_finding() {
+    let e = parse(Role::Egress, "[[listener]\nname = 1\n").unwrap_err();
+    assert!(matches!(e, ConfigError::Parse { line: 1, .. }), "{e}");
+    assert_eq!(e.count(), 1);
+}
+
+/// A route served at the mesh listener only, with an allow-list.
+const API: &str = r#"
+[[route]]
+name = "api"
+hosts = ["api.example.com"]
+listeners = ["mesh"]
+upstream = "[::1]:8443"
+upstream_tls = { mode = "disable" }
+allow = ["spiffe://cluster.local/ns/default/sa/client", "dns:*.example.com"]
+"#;
+
+#[test]
+fn validation_produces_checked_types() {
+    let text = EGRESS.replace(
+        "upstream_tls = { mode = \"mutual\", dir = \"/certs/client\" }",
+        r#"upstream_tls = { mode = "mutual", dir = "/certs/client", cipher_suites = ["tls13_aes_256_gcm_sha384"], subject_alt_names = ["spiffe://td/ns/db/sa/*", "db.example.com"] }"#,
+    ) + API;
+    let c = parse(Role::Egress, &text).unwrap();
+    let route = c.routes[0].get_ref();
+    assert_eq!(route.upstream, HostPort { host: "db.example.com".into(), port: 13306 });
+    let api = c.routes[1].get_ref();
+    assert_eq!(api.allow, [Pattern::Uri("spiffe://cluster.local/ns/default/sa/client".into()), Pattern::Dns("*.example.com".into())]);
+    assert_eq!(api.upstream, HostPort { host: "::1".into(), port: 8443 });
+    assert!(api.upstream_tls.is_none(), "mode \"disable\"");
+    let up = route.upstream_tls.as_ref().unwrap();
+    assert_eq!(up.mode, TlsMode::Mutual);
+    assert_eq!(up.sni.to_str(), "db.example.com", "SNI defaults to the upstream host");
+    let suites: Vec<&str> = up.policy.cipher_suites.iter().flatten().map(|s| s.name()).collect();
+    assert_eq!(suites, ["TLS13_AES_256_GCM_SHA384"]);
+    assert_eq!(up.subject_alt_names.as_deref(), Some(&[Pattern::Uri("spiffe://td/ns/db/sa/*".into()), Pattern::Dns("db.example.com".into())][..]));
+    match &c.listeners[1].get_ref().kind {
+        ListenerKind::Plain { route } => assert_eq!(route, "mysql"),
+        other => panic!("{other:?}"),
+    }
+    let mesh = c.listeners[0].get_ref().tls().unwrap();
+    assert_eq!(mesh.credential, Some(CertKey { cert: "/certs/mesh/tls.crt".into(), key: "/certs/mesh/tls.key".into() }));
+    assert_eq!(mesh.ca, Some(PathBuf::from("/certs/mesh/ca.crt")));
+}
+
+#[test]
+fn bad_sni_and_listen_address_are_found_at_validation() {
+    let text = EGRESS
+        .replace("address = \"127.0.0.1:3306\"", "address = \"localhost:3306\"")
+        .replace("dir = \"/certs/client\"", "dir = \"/certs/client\", sni = \"not a name\"");
+    let found = findings(Role::Egress, &text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(found[0].contains("listener[1] (mysql).address: \"localhost:3306\" is not ip:port"), "{}", found[0]);
+    assert!(found[1].contains("route[0] (mysql).upstream_tls.sni: \"not a name\" is not a DNS name or IP address"), "{}", found[1]);
+}
+
+#[test]
+fn a_tls_listener_without_a_certificate_needs_one_per_route() {
+    let text = EGRESS.replace("tls = { mode = \"mutual\", dir = \"/certs/mesh\" }", "tls = { mode = \"mutual\", ca = \"/certs/mesh/ca.crt\" }");
+    let found = findings(Role::Egress, &text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].contains("listener[0] (mesh).tls: route \"mysql\" brings no downstream_tls and the listener has no certificate"), "{}", found[0]);
+}
+
+#[test]
+fn the_dump_is_the_effective_configuration() {
+    let c = parse(Role::Egress, &format!("{EGRESS}{API}")).unwrap();
+    let dump = serde_json::to_value(&c).unwrap();
+    let mesh = &dump["listener"][0];
+    assert_eq!(mesh["address"], "0.0.0.0:15443");
+    assert_eq!(mesh["tls"]["mode"], "mutual");
+    assert_eq!(mesh["tls"]["cert"], "/certs/mesh/tls.crt");
+    assert_eq!(mesh["tls"]["min_version"], "1.2");
+    assert_eq!(mesh["handshake_timeout"], "10s");
+    assert_eq!(dump["listener"][1]["route"], "mysql");
+    let route = &dump["route"][0];
+    assert_eq!(route["upstream"], "db.example.com:13306");
+    assert_eq!(dump["route"][1]["allow"], serde_json::json!(["spiffe://cluster.local/ns/default/sa/client", "dns:*.example.com"]));
+    assert_eq!(dump["route"][1]["upstream"], "[::1]:8443");
+    assert_eq!(dump["route"][1]["upstream_tls"], serde_json::Value::Null);
+    assert_eq!(route["upstream_tls"]["sni"], "db.example.com");
+    assert_eq!(route["upstream_tls"]["key"], "/certs/client/tls.key");
+    assert_eq!(dump["path"], "test.toml");
+}
+
+#[test]
+fn watched_files_are_the_loaded_ones() {
+    let c = parse(Role::Egress, EGRESS).unwrap();
+    let files: Vec<String> = c.watched_files().iter().map(|p| p.display().to_string()).collect();
+    assert_eq!(
+        files,
+        [
+            "/certs/client/ca.crt",
+            "/certs/client/tls.crt",
+            "/certs/client/tls.key",
+            "/certs/mesh/ca.crt",
+            "/certs/mesh/tls.crt",
+            "/certs/mesh/tls.key",
+            "test.toml"
+        ]
+    );
+}
+
+#[test]
+fn no_finding_is_ever_empty_handed() {
+    // Whatever the input, a refusal carries at least one located finding.
+    for text in ["", "listener = 3", "[[route]]\nname = \"r\"\nupstream = \"x:1\"\n", "[[listener]]\n[[listener]]\nname = \"\"\n"] {
+        let e = parse(Role::Egress, text).unwrap_err();
+        assert!(e.count() >= 1 && !e.to_string().is_empty(), "{text:?}: {e}");
+    }
+}
+
+#[test]
+fn line_col_counts_from_one() {
+    assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    assert_eq!(line_col("ab", 0), (1, 1));
+    assert_eq!(line_col("é", 1), (1, 1), "never inside a character");
+}
