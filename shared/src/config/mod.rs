@@ -31,7 +31,7 @@ use toml::de::{DeTable, DeValue};
 
 pub use model::{CertKey, DownstreamTls, ListenerConfig, ListenerKind, ListenerTls, RouteConfig, TlsPolicy, UpstreamTls};
 pub use schema::{AdminSettings, PeerAuth, ProcessSettings, Protocol, ResolverSettings, SslMode, TcpKeepalive, TelemetrySettings, TlsMode, TlsVersion};
-pub use values::{listen_address, san_pattern, CipherSuite, HostPort};
+pub use values::{CipherSuite, HostPort};
 
 /// Which binary is reading the file; it decides defaults and what is allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +143,7 @@ pub struct Config {
 }
 
 /// Collects findings while a file is checked.
-pub(crate) struct Report<'a> {
+struct Report<'a> {
     file: &'a Path,
     text: &'a str,
     findings: Vec<(usize, Finding)>,
@@ -160,7 +160,7 @@ impl<'a> Report<'a> {
     }
 
     /// A finding located at the start of `span`.
-    pub(crate) fn add(&mut self, span: &Range<usize>, field: impl Into<String>, message: impl Into<String>) {
+    fn add(&mut self, span: &Range<usize>, field: impl Into<String>, message: impl Into<String>) {
         self.asked += 1;
         if !self.quiet.contains(&span.start) {
             self.push(span, field.into(), message.into());
@@ -179,7 +179,7 @@ impl<'a> Report<'a> {
     }
 
     /// Findings asked for so far.
-    pub(crate) fn count(&self) -> usize {
+    fn count(&self) -> usize {
         self.asked
     }
 
