@@ -34,7 +34,7 @@ pub use schema::{
     AdminSettings, HealthSettings, MetricsSettings, PeerAuth, ProcessSettings, Protocol, ResolverSettings, SslMode, TcpKeepalive, TelemetrySettings, TlsMode,
     TlsVersion,
 };
-pub use values::{listen_address, san_pattern, CipherSuite, HostPort};
+pub use values::{CipherSuite, HostPort};
 
 /// Which binary is reading the file; it decides defaults and what is allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,7 +164,7 @@ pub struct Config {
 }
 
 /// Collects findings while a file is checked.
-pub(crate) struct Report<'a> {
+struct Report<'a> {
     file: &'a Path,
     text: &'a str,
     findings: Vec<(usize, Finding)>,
@@ -181,7 +181,7 @@ impl<'a> Report<'a> {
     }
 
     /// A finding located at the start of `span`.
-    pub(crate) fn add(&mut self, span: &Range<usize>, field: impl Into<String>, message: impl Into<String>) {
+    fn add(&mut self, span: &Range<usize>, field: impl Into<String>, message: impl Into<String>) {
         self.asked += 1;
         if !self.quiet.contains(&span.start) {
             self.push(span, field.into(), message.into());
@@ -200,7 +200,7 @@ impl<'a> Report<'a> {
     }
 
     /// Findings asked for so far.
-    pub(crate) fn count(&self) -> usize {
+    fn count(&self) -> usize {
         self.asked
     }
 

@@ -319,3 +319,35 @@ fn line_col_counts_from_one() {
     assert_eq!(line_col("ab", 0), (1, 1));
     assert_eq!(line_col("é", 1), (1, 1), "never inside a character");
 }
+
+#[test]
+fn damaged_examples_are_refused_with_findings_never_a_panic() {
+    let examples = [
+        include_str!("../../../config-examples/egress.toml"),
+        include_str!("../../../config-examples/ingress.toml"),
+        include_str!("../../../config-examples/ingress-zero-trust.toml"),
+        include_str!("../../../config-examples/database-termination.toml"),
+    ];
+    // A fixed xorshift sequence: the same cuts every run.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move |below: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % below.max(1) as u64) as usize
+    };
+    for text in examples {
+        for _ in 0..150 {
+            let mut bytes = text.as_bytes().to_vec();
+            let start = next(bytes.len());
+            let end = (start + 1 + next(40)).min(bytes.len());
+            bytes.drain(start..end);
+            let damaged = String::from_utf8_lossy(&bytes).into_owned();
+            for role in [Role::Egress, Role::Ingress] {
+                if let Err(e) = parse(role, &damaged) {
+                    assert!(e.count() >= 1 && !e.to_string().is_empty());
+                }
+            }
+        }
+    }
+}
