@@ -316,9 +316,13 @@ pub(crate) fn start_mariadbd(dir: &Path, extra: &[String]) -> (u16, PathBuf, Pro
     require("mariadbd");
     require("mariadb-install-db");
     let data = dir.join("data");
+    // Its own temporary directory: parallel installs must not share /tmp's temp tables.
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
     let install = Command::new("mariadb-install-db")
         .args(["--no-defaults", "--auth-root-authentication-method=socket", "--skip-test-db", "--user=root"])
         .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--tmpdir={}", tmp.display()))
         .output()
         .unwrap();
     assert!(install.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&install.stderr));
@@ -328,6 +332,7 @@ pub(crate) fn start_mariadbd(dir: &Path, extra: &[String]) -> (u16, PathBuf, Pro
     command
         .arg("--no-defaults")
         .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--tmpdir={}", tmp.display()))
         .arg(format!("--socket={}", socket.display()))
         .arg(format!("--pid-file={}", dir.join("pid").display()))
         .arg(format!("--port={port}"))
