@@ -28,6 +28,6 @@ for bin in strait-egress strait-ingress; do
   objcopy --strip-debug "$out/$bin" "$context/prebuilt/$bin"
 done
 
-podman build --quiet --layers=false --pull=never --target runtime --build-arg BINARIES=prebuilt \
+podman build --quiet --pull=never --target runtime --build-arg BINARIES=prebuilt \
   -f Dockerfile -t "$image" "$context" >/dev/null
 echo "$image"
