@@ -8,3 +8,4 @@ export PATH="$PATH:/usr/sbin:/sbin"
 e2e/install-deps.sh
 cargo build --workspace --locked
 cargo test --workspace --locked --no-fail-fast -- --test-threads=4
+for check in e2e/checks/*.sh; do "$check"; done

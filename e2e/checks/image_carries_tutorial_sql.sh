@@ -12,7 +12,7 @@
 # Last, SIGTERM stops both containers with exit status 0 (PID 1 handles the signal).
 source "$(dirname "$0")/lib.sh"
 
-need_apt podman podman runc runc buildah buildah dnsmasq dnsmasq-base mariadbd mariadb-server mariadb mariadb-client curl curl
+need_apt podman podman runc runc dnsmasq dnsmasq-base mariadbd mariadb-server mariadb mariadb-client curl curl
 export CONTAINERS_CONF=$PWD/e2e/deploy/containers.conf
 
 host=ingress.strait-image.test       # $SERVICE_URL of this check

@@ -14,7 +14,7 @@
 # Every tool runs in a network namespace without network (they must work offline).
 source "$(dirname "$0")/lib.sh"
 
-need_apt podman podman runc runc buildah buildah curl curl nsenter util-linux
+need_apt podman podman runc runc curl curl nsenter util-linux
 need_venv
 export CONTAINERS_CONF=$PWD/e2e/deploy/containers.conf
 py=$VENV/bin/python
