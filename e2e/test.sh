@@ -13,3 +13,4 @@ cargo deny --log-level error check licenses bans sources
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 cargo build --workspace --locked
 cargo test --workspace --locked --no-fail-fast -- --test-threads=4
+for check in e2e/checks/*.sh; do "$check"; done
