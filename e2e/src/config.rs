@@ -116,6 +116,12 @@ impl Listener {
         Listener::named(name).set("tls", tls("mutual", secret))
     }
 
+    /// A TLS listener with `tls` given as a TOML inline table (for settings beyond a
+    /// Secret directory: `bundle`, `ca`, versions, ...).
+    pub fn named_tls(name: &str, tls: &str) -> Listener {
+        Listener::named(name).set("tls", tls)
+    }
+
     /// Binds `127.0.0.1:port` instead of port 0.
     pub fn port(self, port: u16) -> Listener {
         self.set("address", quoted(&format!("127.0.0.1:{port}")))

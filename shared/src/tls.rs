@@ -115,9 +115,11 @@ fn read(file: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// Every certificate in a PEM file, in order; an empty file is an error.
 pub fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(file)?;
-    let certs =
-        CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map_err(|e| file_error(file, format!("not a PEM certificate file: {e}")))?;
+    parse_certs(file, &read(file)?)
+}
+
+fn parse_certs(file: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| file_error(file, format!("not a PEM certificate file: {e}")))?;
     if certs.is_empty() {
         return Err(file_error(file, "holds no PEM certificate (expected -----BEGIN CERTIFICATE-----): point it at a certificate or CA bundle in PEM"));
     }
@@ -148,8 +150,11 @@ fn check_validity(file: &Path, cert: &CertificateDer<'_>) -> Result<(), TlsError
 
 /// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(file: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read(file)?;
-    PrivateKeyDer::from_pem_slice(&pem)
+    parse_key(file, &read(file)?)
+}
+
+fn parse_key(file: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem)
         .map_err(|e| file_error(file, format!("holds no usable PEM private key ({e}): expected -----BEGIN PRIVATE KEY----- (PKCS#8, PKCS#1 or SEC1)")))
 }
 
@@ -178,11 +183,17 @@ pub fn load_roots(file: &Path) -> Result<Arc<RootCertStore>, TlsError> {
 
 /// A certificate chain with its key, checked to belong together.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
-    let chain = load_certs(cert)?;
+    // One file holding both (a pod certificate bundle) is read once: a rotation between
+    // two reads could pair the old key with the new chain.
+    let (chain, key_der) = if cert == key {
+        let pem = read(cert)?;
+        (parse_certs(cert, &pem)?, parse_key(key, &pem)?)
+    } else {
+        (load_certs(cert)?, load_key(key)?)
+    };
     for c in &chain {
         check_validity(cert, c)?;
     }
-    let key_der = load_key(key)?;
     let certified = CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| {
         file_error(key, format!("does not belong to the certificate in {}: {e}: take both from the same Secret (an update half done?)", cert.display()))
     })?;

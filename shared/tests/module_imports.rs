@@ -24,12 +24,8 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
                 continue;
             }
             // Code only: a doc comment may name a module it does not import.
-            let text: String = std::fs::read_to_string(&path)
-                .unwrap()
-                .lines()
-                .filter(|line| !line.trim_start().starts_with("//"))
-                .map(|line| format!("{line}\n"))
-                .collect();
+            let text: String =
+                std::fs::read_to_string(&path).unwrap().lines().filter(|line| !line.trim_start().starts_with("//")).map(|line| format!("{line}\n")).collect();
             let names: &mut BTreeSet<String> = graph.entry(module.clone()).or_default();
             for (at, _) in text.match_indices("crate::") {
                 let rest = &text[at + "crate::".len()..];

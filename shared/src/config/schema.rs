@@ -94,6 +94,10 @@ pub struct RawTls {
     pub cert: Option<PathBuf>,
     /// Private key for `cert` (PEM).
     pub key: Option<PathBuf>,
+    /// One PEM file holding the private key and the certificate chain together, as a
+    /// Kubernetes pod certificate (`credentialBundlePath`) or cert-manager's
+    /// csi-driver-spiffe writes it; read in one go, so key and chain always match.
+    pub bundle: Option<PathBuf>,
     /// CA bundle to verify the peer (PEM).
     pub ca: Option<PathBuf>,
     /// SNI and verified name on origination.
@@ -126,8 +130,8 @@ impl RawTls {
     pub fn paths(&self) -> CredentialPaths {
         let in_dir = |name: &str| self.dir.as_ref().map(|d| d.join(name));
         CredentialPaths {
-            cert: self.cert.clone().or_else(|| in_dir("tls.crt")),
-            key: self.key.clone().or_else(|| in_dir("tls.key")),
+            cert: self.cert.clone().or_else(|| self.bundle.clone()).or_else(|| in_dir("tls.crt")),
+            key: self.key.clone().or_else(|| self.bundle.clone()).or_else(|| in_dir("tls.key")),
             ca: self.ca.clone().or_else(|| in_dir("ca.crt")),
         }
     }

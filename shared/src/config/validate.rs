@@ -207,6 +207,7 @@ impl Validator<'_> {
                 None
             }
         };
+        bundle_alone(tls, "tls", at);
         let p = tls.paths();
         if p.cert.is_some() != p.key.is_some() {
             at.add("tls", "give both a certificate and its key (or `dir` holding tls.crt and tls.key)");
@@ -298,6 +299,7 @@ impl Validator<'_> {
         }
         let policy = policy(tls, "upstream_tls", at);
         let subject_alt_names = subject_alt_names(tls, at);
+        bundle_alone(tls, "upstream_tls", at);
         let p = tls.paths();
         let mode = match tls.mode {
             None => {
@@ -376,6 +378,7 @@ fn downstream_tls(raw: &RawRoute, at: &mut At<'_, '_>) -> Option<Option<Downstre
     if tls.sni.is_some() || (tls.mode.is_some() && !database) {
         at.add("downstream_tls", "only credential fields (dir, cert, key, ca) belong here; the listener's tls.mode applies");
     }
+    bundle_alone(tls, "downstream_tls", at);
     let p = tls.paths();
     if database && tls.mode == Some(TlsMode::Disable) {
         at.add("downstream_tls.mode", "use downstream_ssl_mode = \"disabled\" to serve database clients in plaintext");
@@ -477,6 +480,14 @@ fn unique_names<'r>(report: &mut Report<'_>, kind: &str, names: impl Iterator<It
         } else if !seen.insert(name) {
             report.add(&span, format!("{kind}[{i}].name"), format!("{kind} name {name:?} is used twice: names must be unique"));
         }
+    }
+}
+
+/// A `bundle` holds the key and the chain: a `cert` or `key` beside it would be a
+/// second, possibly different, credential.
+fn bundle_alone(tls: &RawTls, field: &str, at: &mut At<'_, '_>) {
+    if tls.bundle.is_some() && (tls.cert.is_some() || tls.key.is_some()) {
+        at.add(&format!("{field}.bundle"), "a bundle already holds the key and the chain: give either `bundle` or `cert` and `key`");
     }
 }
 
