@@ -576,3 +576,4 @@ pub mod hostile;
 pub mod kube_secret;
 pub mod otlp;
 pub mod redis;
+pub mod netns;
