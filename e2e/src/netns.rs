@@ -160,7 +160,20 @@ impl Cluster {
     pub fn mariadb_sql(&self, to: SocketAddr, sql: &str) -> ClientRun {
         require("mariadb");
         let mut command = self.command("mariadb");
-        command.arg("--no-defaults").args(["-h", &to.ip().to_string(), "-P", &to.port().to_string(), "-uapp", "-papp", "--skip-ssl", "--connect-timeout=10", "-N", "-B", "-e", sql]);
+        command.arg("--no-defaults").args([
+            "-h",
+            &to.ip().to_string(),
+            "-P",
+            &to.port().to_string(),
+            "-uapp",
+            "-papp",
+            "--skip-ssl",
+            "--connect-timeout=10",
+            "-N",
+            "-B",
+            "-e",
+            sql,
+        ]);
         run_bounded(&command)
     }
 
@@ -266,7 +279,8 @@ impl TwoClusters {
         assert!(why.contains("qdisc kind is unknown"), "tc qdisc add ... netem loss 100% failed: {why}");
         require("nft");
         for side in [&self.client, &self.server] {
-            let chain = format!("add chain netdev strait_partition drop_all {{ type filter hook ingress device \"{}\" priority 0 ; policy drop ; }}", side.device);
+            let chain =
+                format!("add chain netdev strait_partition drop_all {{ type filter hook ingress device \"{}\" priority 0 ; policy drop ; }}", side.device);
             for rule in ["add table netdev strait_partition", chain.as_str()] {
                 let out = side.command("nft").arg(rule).output().unwrap();
                 assert!(out.status.success(), "nft {rule} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -453,7 +467,20 @@ impl MariadbSession {
         let mut command = cluster.command("mariadb");
         command
             .arg("--no-defaults")
-            .args(["-h", &to.ip().to_string(), "-P", &to.port().to_string(), "-uapp", "-papp", "--skip-ssl", "--skip-reconnect", "--connect-timeout=10", "-N", "-B"])
+            .args([
+                "-h",
+                &to.ip().to_string(),
+                "-P",
+                &to.port().to_string(),
+                "-uapp",
+                "-papp",
+                "--skip-ssl",
+                "--skip-reconnect",
+                "--unbuffered",
+                "--connect-timeout=10",
+                "-N",
+                "-B",
+            ])
             .stdin(Stdio::piped())
             .stdout(File::create(&out).unwrap())
             .stderr(File::create(&err).unwrap());
