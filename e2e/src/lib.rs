@@ -577,3 +577,4 @@ pub mod kube_secret;
 pub mod otlp;
 pub mod redis;
 pub mod netns;
+pub mod envoy;

@@ -338,9 +338,13 @@ impl ClusterMariaDb {
         require("mariadb-install-db");
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
+        // Its own tmpdir: temporary tables never meet other tests' files in /tmp.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
         let install = Command::new("mariadb-install-db")
             .args(["--no-defaults", "--auth-root-authentication-method=socket", "--skip-test-db", "--user=root"])
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .output()
             .unwrap();
         assert!(install.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&install.stderr));
@@ -349,6 +353,7 @@ impl ClusterMariaDb {
         command
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--pid-file={}", dir.path().join("pid").display()))
             .arg(format!("--port={MYSQL_PORT}"))
