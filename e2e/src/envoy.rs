@@ -163,14 +163,16 @@ impl Envoy {
         assert_eq!(status, 200, "Envoy admin {path}: {body}");
         body
     }
-}
 
-impl Envoy {
-    /// One counter from its admin `/stats` (0 when Envoy has not created it yet).
+    /// One counter from its admin `/stats`; panics when Envoy has no such counter, so a
+    /// zero is never a misspelt name.
     pub fn stat(&self, cluster: &Cluster, name: &str) -> u64 {
-        let body = self.admin(cluster, &format!("/stats?filter=^{}$", name.replace('|', "\\|")));
+        // The filter is a regex: the exact name, `|` escaped; percent-encoded for the URL.
+        let filter =
+            format!("^{}$", name.replace('|', "\\|")).replace('%', "%25").replace('\\', "%5C").replace('|', "%7C").replace('^', "%5E").replace('$', "%24");
+        let body = self.admin(cluster, &format!("/stats?filter={filter}"));
         let prefix = format!("{name}: ");
-        body.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+        body.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("Envoy has no counter {name}:\n{body}"))
     }
 }
 
