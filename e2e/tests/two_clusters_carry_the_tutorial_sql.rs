@@ -16,7 +16,7 @@ fn tutorial_sql_crosses_from_the_client_cluster_into_the_server_clusters_mariadb
     let clusters = TwoClusters::new();
     let pki = Pki::reference();
     let server = ServerServices::start(&clusters, pki.dir.path());
-    let ingress = clusters.server.gateway(Role::Ingress, pki.dir.path(), &ingress_config(&pki, &clusters, "", ""));
+    let ingress = clusters.server.gateway(Role::Ingress, pki.dir.path(), &ingress_config(&pki, &clusters, "handshake_timeout = \"2s\"", ""));
     let egress = clusters.client.gateway(Role::Egress, pki.dir.path(), &egress_config(&pki, &clusters, "", ""));
     let app_port = clusters.client.at(MYSQL_PORT);
 
@@ -41,6 +41,9 @@ fn tutorial_sql_crosses_from_the_client_cluster_into_the_server_clusters_mariadb
     // so nothing in the client cluster reaches it, and the ingress wants a certificate.
     let mariadb_direct = SocketAddr::from((clusters.server.address, MYSQL_PORT));
     assert!(clusters.client.connect(mariadb_direct, Duration::from_secs(2)).is_err(), "MariaDB is reachable from the client cluster");
+    // (MySQL waits for the server to speak first: the ingress gives up on the missing
+    // ClientHello after its 2 s handshake_timeout.)
     let bypass = clusters.client.mariadb_sql(ingress_address, "SELECT 1");
     bypass.expect_refused("a plain client straight to the ingress");
+    ingress.wait_for_access_line(&["listener=mtls", "outcome=refused", "TLS handshake not completed within 2s"]);
 }
