@@ -594,3 +594,5 @@ pub mod hostile;
 pub mod kube_secret;
 pub mod otlp;
 pub mod redis;
+pub mod netns;
+pub mod envoy;
