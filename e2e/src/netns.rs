@@ -14,7 +14,6 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -33,14 +32,6 @@ pub const MYSQL_PORT: u16 = 3306;
 pub const INGRESS_PORT: u16 = 13306;
 /// The egress's mesh port (Istio's 15443).
 pub const MESH_PORT: u16 = 15443;
-
-extern "C" {
-    /// glibc's setns(2): moves the calling thread into the namespace `fd` refers to.
-    fn setns(fd: std::os::raw::c_int, nstype: std::os::raw::c_int) -> std::os::raw::c_int;
-}
-
-/// `CLONE_NEWNET` from <sched.h>.
-const CLONE_NEWNET: std::os::raw::c_int = 0x4000_0000;
 
 /// Runs `ip ARGS...`, panicking with its stderr when it fails.
 fn ip(args: &[&str]) {
@@ -81,9 +72,8 @@ impl Cluster {
         std::thread::scope(|scope| {
             let joined = scope.spawn(|| {
                 let ns = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
-                // SAFETY: setns only changes this thread's network namespace; the fd is open.
-                let rc = unsafe { setns(ns.as_raw_fd(), CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+                // setns(2) moves only this thread into the namespace.
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns({path}): {e}"));
                 f()
             });
             joined.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::access_log::{ConnectionRecord, Recorder};
 use crate::config::{PeerAuth, Protocol, Role};
-use crate::error::ConnError;
+use crate::error::{ConnError, Op, Side, UpstreamError};
 use crate::identity::Identity;
 use crate::metrics::{NegotiationLabels, RouteLabels};
 use crate::relay::relay;
@@ -113,16 +113,36 @@ async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord)
     let record: &ConnectionRecord = record;
     // Boxed, like the set-up stages: the task itself then stays small.
     let mut relaying = Box::pin(relay(downstream, upstream, route.idle_timeout, &record.moved));
-    let Some(every) = plan.flush_interval else {
-        return relaying.await;
-    };
-    record.report_open();
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    loop {
-        tokio::select! {
-            ended = &mut relaying => return ended,
-            _ = ticks.tick() => record.report_periodic(),
+    let ended = match plan.flush_interval {
+        None => relaying.await,
+        Some(every) => {
+            record.report_open();
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tokio::select! {
+                    ended = &mut relaying => break ended,
+                    _ = ticks.tick() => record.report_periodic(),
+                }
+            }
         }
+    };
+    ended.map_err(|e| refused_after_handshake(e, &route, record))
+}
+
+/// In TLS 1.3 the client's handshake completes before the server has judged the client
+/// certificate; a server that refuses it says so with an alert on the first read. That
+/// is an origination failure (the route's credential is not trusted there), not a relay
+/// failure, and is classified and counted as one.
+fn refused_after_handshake(error: ConnError, route: &Route, record: &ConnectionRecord) -> ConnError {
+    let ConnError::Relay { side: Side::Upstream, op: Op::Read, source } = &error else { return error };
+    let alert = source.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()).is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)));
+    match (alert, &route.origination, record.sides.upstream, record.moved.get().1) {
+        (true, Some(origination), Some(addr), 0) => ConnError::Upstream(UpstreamError::Tls {
+            addr,
+            sni: origination.server_name.to_str().into_owned(),
+            reason: format!("the server refused our client certificate after the handshake ({source}): its client CA must trust this route's certificate"),
+        }),
+        _ => error,
     }
 }
 
