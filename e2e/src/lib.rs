@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use strait::certs::{Authority, KeyType, Leaf, ReferenceOptions, Usage};
 
+pub use config::{Config, Listener, Route};
+
 pub use tempfile::TempDir;
 
 /// The `$SERVICE_URL` of the tests: the ingress's name, SNI on the cross-cluster hop.
