@@ -11,6 +11,7 @@
 //! ```
 
 use std::fmt::Write;
+use std::net::SocketAddr;
 use std::path::Path;
 
 /// A whole configuration file.
@@ -86,9 +87,26 @@ pub fn quoted(text: &str) -> String {
     format!("{text:?}")
 }
 
+/// A TOML array of string literals (`hosts`, `allow`, `subject_alt_names`).
+pub fn list(items: &[&str]) -> String {
+    format!("[{}]", items.iter().map(|item| quoted(item)).collect::<Vec<_>>().join(", "))
+}
+
+/// A path as a TOML string literal.
+pub fn quoted_path(path: &Path) -> String {
+    quoted(&path.display().to_string())
+}
+
+/// An inline table `{ key = value, ... }` of TOML values, in order: a `tls` or
+/// `upstream_tls` table with more than [`tls`] gives.
+pub fn inline(fields: &[(&str, String)]) -> String {
+    let fields = fields.iter().map(|(key, value)| format!("{key} = {value}")).collect::<Vec<_>>().join(", ");
+    format!("{{ {fields} }}")
+}
+
 /// A `{ mode = ..., dir = ... }` TLS table for a Secret directory.
 pub fn tls(mode: &str, secret: &Path) -> String {
-    format!("{{ mode = {}, dir = {} }}", quoted(mode), quoted(&secret.display().to_string()))
+    inline(&[("mode", quoted(mode)), ("dir", quoted_path(secret))])
 }
 
 /// One `[[listener]]`.
@@ -113,18 +131,23 @@ impl Listener {
     /// A mutual-TLS listener presenting the Secret `secret` and verifying clients
     /// against its `ca.crt`.
     pub fn mutual(name: &str, secret: &Path) -> Listener {
-        Listener::named(name).set("tls", tls("mutual", secret))
+        Listener::with_tls(name, tls("mutual", secret))
     }
 
-    /// A TLS listener with `tls` given as a TOML inline table (for settings beyond a
-    /// Secret directory: `bundle`, `ca`, versions, ...).
-    pub fn named_tls(name: &str, tls: &str) -> Listener {
-        Listener::named(name).set("tls", tls)
+    /// A TLS listener with the `tls` table `table` (an [`inline`] one with files, a CRL
+    /// or a minimum version).
+    pub fn with_tls(name: &str, table: String) -> Listener {
+        Listener::named(name).set("tls", table)
     }
 
     /// Binds `127.0.0.1:port` instead of port 0.
     pub fn port(self, port: u16) -> Listener {
-        self.set("address", quoted(&format!("127.0.0.1:{port}")))
+        self.at(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Binds `address` (another loopback address, say) instead of `127.0.0.1:0`.
+    pub fn at(self, address: SocketAddr) -> Listener {
+        self.set("address", quoted(&address.to_string()))
     }
 
     /// Sets any field to a TOML value (`"\"2s\""`, `5`, `"{ ... }"`).
@@ -156,14 +179,17 @@ impl Route {
 
     /// The SNI hosts that select it.
     pub fn hosts(self, hosts: &[&str]) -> Route {
-        let list = hosts.iter().map(|h| quoted(h)).collect::<Vec<_>>().join(", ");
-        self.set("hosts", format!("[{list}]"))
+        self.set("hosts", list(hosts))
     }
 
     /// Originates mutual TLS with the Secret `secret`, sending and verifying `sni`.
     pub fn mutual_origination(self, secret: &Path, sni: &str) -> Route {
-        let value = format!("{{ mode = \"mutual\", dir = {}, sni = {} }}", quoted(&secret.display().to_string()), quoted(sni));
-        self.set("upstream_tls", value)
+        self.set("upstream_tls", inline(&[("mode", quoted("mutual")), ("dir", quoted_path(secret)), ("sni", quoted(sni))]))
+    }
+
+    /// `protocol = "mysql"` or `"postgres"`: TLS inside the database's protocol.
+    pub fn protocol(self, protocol: &str) -> Route {
+        self.set("protocol", quoted(protocol))
     }
 
     /// Plaintext upstream (must be explicit at the egress).
@@ -193,6 +219,24 @@ mod tests {
             \n[[route]]\nname = \"echo\"\nupstream = \"127.0.0.1:7\"\nhosts = [\"a.test\", \"b.test\"]\n[process]\ndrain_timeout = \"1s\"\n";
         assert_eq!(text, expected);
         let parsed = strait::config::Config::parse(Path::new("t.toml"), text.replace("/s", "/nonexistent"), strait::config::Role::Ingress);
+        assert!(parsed.is_ok(), "{parsed:?}");
+    }
+
+    #[test]
+    fn addresses_protocols_and_inline_tables() {
+        let tls13 = inline(&[("mode", quoted("mutual")), ("dir", quoted_path(Path::new("/s"))), ("min_version", quoted("1.3"))]);
+        let text = Config::new()
+            .listener(Listener::plain("plain", "db").at("127.0.0.2:0".parse().unwrap()))
+            .listener(Listener::with_tls("tls13", tls13).port(7))
+            .route(Route::to("db", 9).hosts(&["db.test"]).protocol("mysql").mutual_origination(Path::new("/c"), "db.test"))
+            .toml();
+        let expected = "\n[[listener]]\nname = \"plain\"\naddress = \"127.0.0.2:0\"\nroute = \"db\"\n\
+            \n[[listener]]\nname = \"tls13\"\naddress = \"127.0.0.1:7\"\ntls = { mode = \"mutual\", dir = \"/s\", min_version = \"1.3\" }\n\
+            \n[[route]]\nname = \"db\"\nupstream = \"127.0.0.1:9\"\nhosts = [\"db.test\"]\nprotocol = \"mysql\"\n\
+            upstream_tls = { mode = \"mutual\", dir = \"/c\", sni = \"db.test\" }\n";
+        assert_eq!(list(&["a", "b\"c"]), "[\"a\", \"b\\\"c\"]");
+        assert_eq!(text, expected);
+        let parsed = strait::config::Config::parse(Path::new("t.toml"), text, strait::config::Role::Egress);
         assert!(parsed.is_ok(), "{parsed:?}");
     }
 }

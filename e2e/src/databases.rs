@@ -250,6 +250,7 @@ impl Postgres {
             .unwrap();
         assert!(initdb.status.success(), "initdb failed: {}{}", String::from_utf8_lossy(&initdb.stdout), String::from_utf8_lossy(&initdb.stderr));
 
+        // postgres takes its port on the command line and has no port 0.
         let port = free_port();
         let mut command = Command::new(pg_bin("postgres"));
         command

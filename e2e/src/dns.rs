@@ -1,11 +1,11 @@
 //! A real DNS server on a loopback port: dnsmasq in the foreground, answering only the
 //! records a test gives it, with a one-second TTL so the gateway re-asks often.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::{free_port, ingress_config, require, wait_for_port, Pki, Proc, TempDir};
+use crate::{free_port, require, wait_for_port, Proc, TempDir};
 
 /// The zone dnsmasq is authoritative for: any name under it without a record is NXDOMAIN.
 pub const ZONE: &str = "strait.test";
@@ -25,6 +25,7 @@ impl Dnsmasq {
     pub fn start(records: &[(&str, Ipv4Addr)]) -> Dnsmasq {
         require("dnsmasq");
         let dir = tempfile::tempdir().unwrap();
+        // dnsmasq takes its port on the command line (`--port=0` turns DNS off).
         let port = free_port();
         let mut command = Command::new("dnsmasq");
         command
@@ -44,13 +45,4 @@ impl Dnsmasq {
     pub fn resolver_table(&self) -> String {
         format!("\n[resolver]\nnameservers = [\"127.0.0.1:{}\"]\n", self.port)
     }
-}
-
-/// [`ingress_config`] bound to `address` instead of `127.0.0.1`, so several ingresses
-/// can share one port on different loopback addresses (all of 127/8 is loopback).
-pub fn ingress_config_at(pki: &Pki, address: SocketAddr, backend_port: u16) -> String {
-    let config = ingress_config(pki, address.port(), backend_port);
-    let default = format!("address = \"127.0.0.1:{}\"", address.port());
-    assert!(config.contains(&default), "ingress_config changed shape:\n{config}");
-    config.replace(&default, &format!("address = \"{address}\""))
 }

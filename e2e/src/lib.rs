@@ -13,13 +13,19 @@ use std::time::{Duration, Instant};
 
 use strait::certs::{Authority, KeyType, Leaf, ReferenceOptions, Usage};
 
+pub use config::{Config, Listener, Route};
+
 pub use tempfile::TempDir;
 
 /// The `$SERVICE_URL` of the tests: the ingress's name, SNI on the cross-cluster hop.
 pub const SERVICE_HOST: &str = "db.strait.test";
 
 /// A loopback port nobody is listening on right now. Racy (another process may take it
-/// before the test binds it): prefer port 0 in the config and [`Gateway::port`].
+/// before the test binds it): gateways bind port 0 ([`config`]) and say which port they
+/// got ([`Gateway::port`]). What is left needs the number before anything binds: the
+/// servers started here (mariadbd, postgres, redis-server, dnsmasq take a port on their
+/// command line and cannot report one they chose), a port nothing must listen on, and
+/// a config file another command reads (`diagnose --config`) or a reload rewrites.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -201,12 +207,12 @@ impl Gateway {
         address.parse::<SocketAddr>().unwrap().port()
     }
 
-    /// The reference ingress ([`ingress_config`]) on a free loopback port written into
-    /// its config (`diagnose --config` reads it from there), in front of
-    /// `127.0.0.1:backend_port`; returns it and its mutual-TLS port.
+    /// The reference ingress ([`ingress_config`], port 0) in front of
+    /// `127.0.0.1:backend_port`; returns it and the port its mutual-TLS listener got.
     pub fn reference_ingress(pki: &Pki, backend_port: u16) -> (Gateway, u16) {
-        let port = free_port();
-        (Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config(pki, port, backend_port)), port)
+        let gateway = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config(pki, backend_port).toml());
+        let port = gateway.port("mtls");
+        (gateway, port)
     }
 
     /// The process id, for signals.
@@ -326,6 +332,7 @@ pub(crate) fn start_mariadbd(dir: &Path, extra: &[String]) -> (u16, PathBuf, Pro
         .output()
         .unwrap();
     assert!(install.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&install.stderr));
+    // mariadbd takes its port on the command line (`--port=0` means its default, 3306).
     let port = free_port();
     let socket = dir.join("mysqld.sock");
     let mut command = Command::new("mariadbd");
@@ -506,81 +513,40 @@ pub struct Pair {
     pub ingress_port: u16,
 }
 
-/// Ingress config: one mutual-TLS listener on `port` routing [`SERVICE_HOST`] to
-/// `127.0.0.1:backend_port`.
-pub fn ingress_config(pki: &Pki, port: u16, backend_port: u16) -> String {
-    ingress_config_with(&pki.path("ingress"), port, backend_port)
+/// The reference ingress's listener: `mtls`, mutual TLS with the Secret `secret` (the
+/// server credential, whose `ca.crt` verifies clients), on port 0.
+pub fn ingress_listener(secret: &Path) -> Listener {
+    Listener::mutual("mtls", secret)
 }
 
-/// [`ingress_config`] with the listener's credential in Secret directory `secret`: for
-/// a test that rotates or breaks the ingress's credential.
-pub fn ingress_config_with(secret: &Path, port: u16, backend_port: u16) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "mtls"
-address = "127.0.0.1:{port}"
-tls = {{ mode = "mutual", dir = "{secret}" }}
-
-[[route]]
-name = "mysql"
-hosts = ["{SERVICE_HOST}"]
-upstream = "127.0.0.1:{backend_port}"
-"#,
-        secret = secret.display()
-    )
+/// Ingress config: one mutual-TLS listener (`mtls`, port 0) with the reference server
+/// credential, routing [`SERVICE_HOST`] (route `mysql`) to `127.0.0.1:backend_port`.
+pub fn ingress_config(pki: &Pki, backend_port: u16) -> Config {
+    ingress_config_with(ingress_listener(&pki.path("ingress")), backend_port)
 }
 
-/// A `[[listener]]` table: plaintext on `127.0.0.1:port`, every connection to route
-/// `route` (an egress plain port, like the app's `egress:3306`).
-pub fn plain_listener(name: &str, port: u16, route: &str) -> String {
-    format!("\n[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\nroute = \"{route}\"\n")
+/// [`ingress_config`] with another listener: the reference one on another Secret (a
+/// test that rotates or breaks the credential) or another address.
+pub fn ingress_config_with(listener: Listener, backend_port: u16) -> Config {
+    Config::new().listener(listener).route(Route::to("mysql", backend_port).hosts(&[SERVICE_HOST]))
 }
 
-/// A `[[route]]` table `name` that originates mutual TLS to `upstream`, presenting the
-/// Secret `secret`, trusting its `ca.crt` and sending SNI `sni`.
-pub fn origination_route(name: &str, upstream: &str, secret: &Path, sni: &str) -> String {
-    format!(
-        "\n[[route]]\nname = \"{name}\"\nupstream = \"{upstream}\"\nupstream_tls = {{ mode = \"mutual\", dir = \"{}\", sni = \"{sni}\" }}\n",
-        secret.display()
-    )
-}
-
-/// Egress config: a plain listener and a mesh listener, both to the route that
-/// originates mTLS to `upstream` with SNI [`SERVICE_HOST`]. `extra` is appended
-/// (a `[resolver]` table, say).
-pub fn egress_config(pki: &Pki, plain_port: u16, mesh_port: u16, upstream: &str, extra: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "mysql-plain"
-address = "127.0.0.1:{plain_port}"
-route = "to-ingress"
-
-[[listener]]
-name = "mesh"
-address = "127.0.0.1:{mesh_port}"
-tls = {{ mode = "mutual", dir = "{mesh}" }}
-
-[[route]]
-name = "to-ingress"
-hosts = ["{SERVICE_HOST}"]
-upstream = "{upstream}"
-upstream_tls = {{ mode = "mutual", dir = "{client}", sni = "{SERVICE_HOST}" }}
-{extra}
-"#,
-        mesh = pki.path("mesh/egress").display(),
-        client = pki.path("egress").display(),
-    )
+/// Egress config: a plain listener (`mysql-plain`) and a mesh listener (`mesh`), both on
+/// port 0 and both to route `to-ingress`, which originates mTLS to `upstream` with SNI
+/// [`SERVICE_HOST`]. Add a `[resolver]` or `[telemetry]` table with [`Config::raw`].
+pub fn egress_config(pki: &Pki, upstream: &str) -> Config {
+    Config::new()
+        .listener(Listener::plain("mysql-plain", "to-ingress"))
+        .listener(Listener::mutual("mesh", &pki.path("mesh/egress")))
+        .route(Route::new("to-ingress", upstream).hosts(&[SERVICE_HOST]).mutual_origination(&pki.path("egress"), SERVICE_HOST))
 }
 
 impl Pair {
     /// Starts ingress then egress in front of `backend_port`.
     pub fn start(pki: &Pki, backend_port: u16) -> Pair {
-        let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config(pki, 0, backend_port));
-        let ingress_port = ingress.port("mtls");
+        let (ingress, ingress_port) = Gateway::reference_ingress(pki, backend_port);
         let upstream = format!("127.0.0.1:{ingress_port}");
-        let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(pki, 0, 0, &upstream, ""));
+        let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(pki, &upstream).toml());
         let (plain_port, mesh_port) = (egress.port("mysql-plain"), egress.port("mesh"));
         Pair { egress, ingress, plain_port, mesh_port, ingress_port }
     }

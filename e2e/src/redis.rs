@@ -39,6 +39,7 @@ impl Redis {
         let client_secret = dir.path().join("client");
         strait::certs::write_secret(&client_secret, &ca.issue(&client).unwrap(), &ca.bundle_pem()).unwrap();
 
+        // redis-server takes its port on the command line (`--tls-port 0` turns TLS off).
         let tls_port = free_port();
         let mut command = Command::new("redis-server");
         command

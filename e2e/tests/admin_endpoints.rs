@@ -185,10 +185,10 @@ fn ready_answers_503_while_draining_after_sigterm() {
     let pki = Pki::reference();
     let echo = EchoServer::start();
     let (_ingress, ingress_port) = Gateway::reference_ingress(&pki, echo.port);
-    let (plain_port, mesh_port) = (free_port(), free_port());
-    let drain = "\n[process]\ndrain_delay = \"0s\"\ndrain_timeout = \"60s\"\n";
     let upstream = format!("127.0.0.1:{ingress_port}");
-    let mut egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(&pki, plain_port, mesh_port, &upstream, drain));
+    let config = egress_config(&pki, &upstream).raw("[process]\ndrain_delay = \"0s\"\ndrain_timeout = \"60s\"");
+    let mut egress = Gateway::start(Role::Egress, pki.dir.path(), &config.toml());
+    let plain_port = egress.port("mysql-plain");
     assert_eq!(egress.admin("GET", "/healthz/ready").0, 200);
 
     let mut open = open_connection(plain_port);

@@ -7,6 +7,7 @@
 //! handshake refusal, not a denial: the allow list narrows trust, it never extends it.
 
 use strait::certs::Usage;
+use strait_e2e::config::list;
 use strait_e2e::hostile::*;
 use strait_e2e::*;
 
@@ -22,22 +23,9 @@ struct Outsider {
     shown: &'static str,
 }
 
-fn config(server: &std::path::Path, port: u16, backend: u16) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "mtls"
-address = "127.0.0.1:{port}"
-tls = {{ mode = "mutual", dir = "{server}" }}
-
-[[route]]
-name = "payments-db"
-hosts = ["{SERVICE_HOST}"]
-upstream = "127.0.0.1:{backend}"
-allow = ["spiffe://cluster.local/ns/default/sa/*", "dns:client.{SERVICE_HOST}", "cn:ops-console"]
-"#,
-        server = server.display()
-    )
+fn config(server: &std::path::Path, backend: u16) -> Config {
+    let allow = list(&["spiffe://cluster.local/ns/default/sa/*", &format!("dns:client.{SERVICE_HOST}"), "cn:ops-console"]);
+    Config::new().listener(Listener::mutual("mtls", server)).route(Route::to("payments-db", backend).hosts(&[SERVICE_HOST]).set("allow", allow))
 }
 
 #[test]
@@ -46,8 +34,8 @@ fn only_identities_on_the_allow_list_reach_the_backend() {
     let echo = EchoServer::start();
     let ca = TestCa::new(&pki, "authz-ca");
     let server = ca.server("server", SERVICE_HOST);
-    let port = free_port();
-    let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&server, port, echo.port));
+    let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&server, echo.port).toml());
+    let port = ingress.port("mtls");
     let client = |name: &str, cn: &str, dns: &[&str], uris: &[&str]| {
         let secret = ca.issue(name, &leaf(cn, Usage::Client, dns, uris));
         (secret.clone(), presenting(&secret, &ca.ca_file))

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use strait::certs::Usage;
+use strait_e2e::config::{inline, quoted, quoted_path};
 use strait_e2e::hostile::*;
 use strait_e2e::*;
 use time::Duration;
@@ -99,28 +100,18 @@ impl OpensslCa {
     }
 }
 
-fn config(server: &Path, crl_ca: &OpensslCa, port: u16, crl_port: u16, backend: u16) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "mtls"
-address = "127.0.0.1:{port}"
-tls = {{ mode = "mutual", dir = "{server}" }}
-
-[[listener]]
-name = "crl"
-address = "127.0.0.1:{crl_port}"
-tls = {{ mode = "mutual", cert = "{server}/tls.crt", key = "{server}/tls.key", ca = "{ca}", ca_crl = "{crl}" }}
-
-[[route]]
-name = "echo"
-hosts = ["{SERVICE_HOST}"]
-upstream = "127.0.0.1:{backend}"
-"#,
-        server = server.display(),
-        ca = crl_ca.ca.display(),
-        crl = crl_ca.crl.display(),
-    )
+fn config(server: &Path, crl_ca: &OpensslCa, backend: u16) -> Config {
+    let crl_tls = inline(&[
+        ("mode", quoted("mutual")),
+        ("cert", quoted_path(&server.join("tls.crt"))),
+        ("key", quoted_path(&server.join("tls.key"))),
+        ("ca", quoted_path(&crl_ca.ca)),
+        ("ca_crl", quoted_path(&crl_ca.crl)),
+    ]);
+    Config::new()
+        .listener(Listener::mutual("mtls", server))
+        .listener(Listener::with_tls("crl", crl_tls))
+        .route(Route::to("echo", backend).hosts(&[SERVICE_HOST]))
 }
 
 /// One bad certificate: its Secret, what the rustls client and s_client must report,
@@ -141,8 +132,8 @@ fn bad_client_certificates_are_refused_and_good_clients_still_served() {
     let ca = TestCa::new(&pki, "client-ca");
     let server = ca.server("server", SERVICE_HOST);
     let crl_ca = OpensslCa::new(&pki.path("openssl-ca"));
-    let (port, crl_port) = (free_port(), free_port());
-    let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&server, &crl_ca, port, crl_port, echo.port));
+    let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&server, &crl_ca, echo.port).toml());
+    let (port, crl_port) = (ingress.port("mtls"), ingress.port("crl"));
     let client_dns = format!("client.{SERVICE_HOST}");
     let client_leaf = || leaf("client", Usage::Client, &[&client_dns], &[]);
     let good_secret = ca.issue("good", &client_leaf());

@@ -21,8 +21,8 @@ fn broken_secret_updates_are_refused_and_the_next_good_one_is_taken() {
     let pki = Pki::reference();
     let echo = EchoServer::start();
     let mut secret = KubeSecret::copy_of(&pki.path("k8s/ingress-tls"), &pki.path("ingress"));
-    let port = free_port();
-    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config_with(&secret.dir, port, echo.port));
+    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config_with(ingress_listener(&secret.dir), echo.port).toml());
+    let port = ingress.port("mtls");
     let (next, client) = next_credential(&pki);
 
     let old_leaf = leaf_der(&secret.path("tls.crt"));
@@ -73,8 +73,8 @@ fn files_overwritten_in_place_are_taken_only_once_consistent() {
     let echo = EchoServer::start();
     // A plain directory in Secret layout: tls.crt, tls.key, ca.crt are regular files.
     let dir = pki.path("ingress");
-    let port = free_port();
-    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config_with(&dir, port, echo.port));
+    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config_with(ingress_listener(&dir), echo.port).toml());
+    let port = ingress.port("mtls");
     let (next, client) = next_credential(&pki);
     let old_leaf = leaf_der(&dir.join("tls.crt"));
     assert_eq!(served_leaf(port, client.clone()), old_leaf);

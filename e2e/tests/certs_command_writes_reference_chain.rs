@@ -69,15 +69,8 @@ fn certs_writes_a_chain_openssl_verifies() {
 
     // And the gateway itself accepts what the tool wrote.
     let config = tmp.path().join("ingress.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[listener]]\nname = \"mtls\"\naddress = \"127.0.0.1:{}\"\ntls = {{ mode = \"mutual\", dir = \"{}\" }}\n\n[[route]]\nname = \"db\"\nhosts = [\"h.example\"]\nupstream = \"127.0.0.1:3306\"\n",
-            free_port(),
-            out.join("ingress").display()
-        ),
-    )
-    .unwrap();
+    let toml = Config::new().listener(Listener::mutual("mtls", &out.join("ingress"))).route(Route::to("db", 3306).hosts(&["h.example"])).toml();
+    std::fs::write(&config, toml).unwrap();
     let (ok, text) = run_binary(Role::Ingress, &["--config", &config.display().to_string(), "check"]);
     assert!(ok, "check refused the certs output: {text}");
 }

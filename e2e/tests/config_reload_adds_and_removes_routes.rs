@@ -24,10 +24,15 @@ fn reload_adds_and_removes_listeners_without_failing_the_one_that_stays() {
     let echo = EchoServer::start();
     let (_ingress, ingress_port) = Gateway::reference_ingress(&pki, echo.port);
     let upstream = format!("127.0.0.1:{ingress_port}");
-    let (stays, removed, added, never) = (free_port(), free_port(), free_port(), free_port());
+    // Port 0 in every version of the file: a listener whose configured address is the
+    // same in the new file is kept (not re-bound), so "stays" keeps the port it got.
+    // "never" alone gets a number up front: the refused config must not bind it, and
+    // only a known port can show that.
+    let never = free_port();
 
-    let v1 = egress_toml(&pki, &upstream, &[("stays", stays), ("removed", removed)], "");
+    let v1 = egress_toml(&pki, &upstream, &[("stays", 0), ("removed", 0)], "");
     let egress = Gateway::start(Role::Egress, pki.dir.path(), &v1);
+    let (stays, removed) = (egress.port("stays"), egress.port("removed"));
     round_trip(stays, b"hello stays").unwrap();
     round_trip(removed, b"hello removed").unwrap();
     // A connection on the listener about to be removed, open across the reload.
@@ -59,10 +64,12 @@ fn reload_adds_and_removes_listeners_without_failing_the_one_that_stays() {
 
     // Remove listener+route "removed", add "added".
     let mut tail = LogTail::from_now(&egress);
-    let v2 = egress_toml(&pki, &upstream, &[("stays", stays), ("added", added)], "");
+    let v2 = egress_toml(&pki, &upstream, &[("stays", 0), ("added", 0)], "");
     std::fs::write(&egress.config, &v2).unwrap();
     let (line, _) = tail.wait_for_reload(&egress, RELOAD_LIMIT);
     assert!(line.contains(RELOADED) && line.contains("file change"), "{line}");
+    assert_eq!(egress.port("stays"), stays, "the listener that stays keeps its port");
+    let added = egress.port("added");
     round_trip(added, b"through the new route").expect("the added listener carries traffic");
     egress.wait_for_access_line(&["listener=added", "route=added", "outcome=closed"]);
     assert!(refuses(removed), "the removed listener must refuse new connections");
@@ -75,7 +82,7 @@ fn reload_adds_and_removes_listeners_without_failing_the_one_that_stays() {
 
     // An invalid config (a route naming a listener that does not exist, plus a new
     // listener that must not bind) is refused with check's message; nothing changes.
-    let v3 = egress_toml(&pki, &upstream, &[("stays", stays), ("added", added), ("never", never)], "listeners = [\"missing\"]");
+    let v3 = egress_toml(&pki, &upstream, &[("stays", 0), ("added", 0), ("never", never)], "listeners = [\"missing\"]");
     std::fs::write(&egress.config, &v3).unwrap();
     let (line, _) = tail.wait_for_reload(&egress, RELOAD_LIMIT);
     let (checked, check_error) = run_binary(Role::Egress, &["--config", &egress.config.display().to_string(), "check"]);
@@ -109,17 +116,18 @@ fn reload_adds_and_removes_listeners_without_failing_the_one_that_stays() {
     assert!(failures.is_empty(), "{} of {total} connections failed:\n{}", failures.len(), failures.iter().take(10).cloned().collect::<Vec<_>>().join("\n"));
 }
 
-/// Egress config: one plain listener per `(name, port)`, each with its own route (same
-/// name) through mTLS to `upstream`; `route_extra` is added to the last route.
+/// Egress config: one plain listener per `(name, port)` (port 0: any), each with its
+/// own route (same name) through mTLS to `upstream`; `route_extra` is added to the last
+/// route.
 fn egress_toml(pki: &Pki, upstream: &str, listeners: &[(&str, u16)], route_extra: &str) -> String {
-    let mut toml = String::new();
+    let mut config = Config::new();
     for (name, port) in listeners {
-        toml += &plain_listener(name, *port, name);
+        config = config.listener(Listener::plain(name, name).port(*port));
     }
     for (name, _) in listeners {
-        toml += &origination_route(name, upstream, &pki.path("egress"), SERVICE_HOST);
+        config = config.route(Route::new(name, upstream).mutual_origination(&pki.path("egress"), SERVICE_HOST));
     }
-    toml + route_extra + "\n"
+    config.raw(route_extra).toml()
 }
 
 /// One connection: send `data`, close the write side, expect it echoed back whole.

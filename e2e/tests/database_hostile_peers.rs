@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
+use strait_e2e::config::tls;
 use strait_e2e::databases::{
     connect_and_send, drain, mariadb_plain, mysql_ssl_request, psql, read_mysql_packet, FakeServer, LocalhostPki, PgTls, Postgres, PG_SSL_REQUEST,
 };
@@ -51,53 +52,23 @@ struct Ports {
     my_term: u16,
 }
 
-fn egress(pki: &Pki, certs: &LocalhostPki, p: &Ports, fakes: (u16, u16, u16), pg: u16, mariadb: u16) -> String {
+const LISTENERS: [&str; 5] = ["pg-fake", "pg-term", "my-big", "my-short", "my-term"];
+
+fn egress(pki: &Pki, certs: &LocalhostPki, fakes: (u16, u16, u16), pg: u16, mariadb: u16) -> Config {
     let (fake_pg, fake_big, fake_short) = fakes;
-    let client = pki.path("egress").display().to_string();
-    let server = certs.server.display();
-    let origination = format!(r#"upstream_tls = {{ mode = "mutual", dir = "{client}", sni = "{SERVICE_HOST}" }}"#);
-    let mut config = String::new();
-    for (name, port) in [("pg-fake", p.pg_fake), ("pg-term", p.pg_term), ("my-big", p.my_big), ("my-short", p.my_short), ("my-term", p.my_term)] {
-        config.push_str(&plain_listener(name, port, name));
+    let client = pki.path("egress");
+    let server = tls("mutual", &certs.server);
+    let mut config = Config::new();
+    for name in LISTENERS {
+        config = config.listener(Listener::plain(name, name));
     }
-    config.push_str(&format!(
-        r#"
-[[route]]
-name = "pg-fake"
-protocol = "postgres"
-upstream = "127.0.0.1:{fake_pg}"
-{origination}
-
-[[route]]
-name = "pg-term"
-protocol = "postgres"
-upstream = "127.0.0.1:{pg}"
-upstream_tls = {{ mode = "disable" }}
-downstream_tls = {{ mode = "mutual", dir = "{server}" }}
-
-[[route]]
-name = "my-big"
-protocol = "mysql"
-upstream = "127.0.0.1:{fake_big}"
-{origination}
-
-[[route]]
-name = "my-short"
-protocol = "mysql"
-upstream = "127.0.0.1:{fake_short}"
-{origination}
-
-# TLS offered, plaintext served: the good MySQL client stays plain.
-[[route]]
-name = "my-term"
-protocol = "mysql"
-upstream = "127.0.0.1:{mariadb}"
-upstream_tls = {{ mode = "disable" }}
-downstream_ssl_mode = "preferred"
-downstream_tls = {{ mode = "mutual", dir = "{server}" }}
-"#
-    ));
     config
+        .route(Route::to("pg-fake", fake_pg).protocol("postgres").mutual_origination(&client, SERVICE_HOST))
+        .route(Route::to("pg-term", pg).protocol("postgres").plaintext().set("downstream_tls", &server))
+        .route(Route::to("my-big", fake_big).protocol("mysql").mutual_origination(&client, SERVICE_HOST))
+        .route(Route::to("my-short", fake_short).protocol("mysql").mutual_origination(&client, SERVICE_HOST))
+        // TLS offered, plaintext served: the good MySQL client stays plain.
+        .route(Route::to("my-term", mariadb).protocol("mysql").plaintext().set("downstream_ssl_mode", "\"preferred\"").set("downstream_tls", &server))
 }
 
 /// Good clients of both protocols, through the gateway's termination routes.
@@ -131,8 +102,9 @@ fn hostile_database_peers_lose_only_their_own_connection() {
     let db = MariaDb::start();
     let fakes =
         (FakeServer::start(pg_s_then_injected).port, FakeServer::start(mysql_oversized_greeting).port, FakeServer::start(mysql_truncated_greeting).port);
-    let p = Ports { pg_fake: free_port(), pg_term: free_port(), my_big: free_port(), my_short: free_port(), my_term: free_port() };
-    let gateway = Gateway::start(strait_e2e::Role::Egress, pki.dir.path(), &egress(&pki, &certs, &p, fakes, pg.port, db.port));
+    let gateway = Gateway::start(strait_e2e::Role::Egress, pki.dir.path(), &egress(&pki, &certs, fakes, pg.port, db.port).toml());
+    let [pg_fake, pg_term, my_big, my_short, my_term] = LISTENERS.map(|name| gateway.port(name));
+    let p = Ports { pg_fake, pg_term, my_big, my_short, my_term };
     good_clients_served(&certs, &p, "start-up");
 
     // A client that starts a startup packet and goes silent: checked at the end, by

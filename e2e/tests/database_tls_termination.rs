@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 
+use strait_e2e::config::{list, quoted, tls};
 use strait_e2e::databases::{mariadb, mysql_ssl_request, psql, read_mysql_packet, ClientRun, LocalhostPki, PgTls, Postgres, LOCALHOST_CLIENT};
 use strait_e2e::*;
 
@@ -21,30 +22,24 @@ struct Ports {
     pg_preferred: u16,
 }
 
-fn ingress(certs: &LocalhostPki, ports: &Ports, mariadb: u16, postgres: u16) -> String {
-    let server = certs.server.display();
-    let mut config = String::new();
-    for (name, port, protocol, upstream, mode) in [
-        ("mysql-required", ports.mysql_required, "mysql", mariadb, "required"),
-        ("mysql-preferred", ports.mysql_preferred, "mysql", mariadb, "preferred"),
-        ("pg-required", ports.pg_required, "postgres", postgres, "required"),
-        ("pg-preferred", ports.pg_preferred, "postgres", postgres, "preferred"),
+fn ingress(certs: &LocalhostPki, mariadb: u16, postgres: u16) -> Config {
+    let mut config = Config::new();
+    for (name, protocol, upstream, mode) in [
+        ("mysql-required", "mysql", mariadb, "required"),
+        ("mysql-preferred", "mysql", mariadb, "preferred"),
+        ("pg-required", "postgres", postgres, "required"),
+        ("pg-preferred", "postgres", postgres, "preferred"),
     ] {
+        let mut route = Route::to(name, upstream)
+            .protocol(protocol)
+            .plaintext()
+            .set("downstream_ssl_mode", quoted(mode))
+            .set("downstream_tls", tls("mutual", &certs.server));
         // Plaintext clients carry no identity, so only TLS-required routes can have one.
-        let allow = if mode == "required" { format!("allow = [\"dns:{LOCALHOST_CLIENT}\"]") } else { String::new() };
-        config.push_str(&plain_listener(name, port, name));
-        config.push_str(&format!(
-            r#"
-[[route]]
-name = "{name}"
-protocol = "{protocol}"
-upstream = "127.0.0.1:{upstream}"
-upstream_tls = {{ mode = "disable" }}
-downstream_ssl_mode = "{mode}"
-downstream_tls = {{ mode = "mutual", dir = "{server}" }}
-{allow}
-"#
-        ));
+        if mode == "required" {
+            route = route.set("allow", list(&[&format!("dns:{LOCALHOST_CLIENT}")]));
+        }
+        config = config.listener(Listener::plain(name, name)).route(route);
     }
     config
 }
@@ -128,8 +123,13 @@ fn native_tls_clients_are_terminated_in_front_of_plain_databases() {
     let db = MariaDb::start();
     let pg = Postgres::start(PgTls::Off);
     pg.superuser_sql("CREATE USER app; GRANT ALL ON SCHEMA public TO app;");
-    let ports = Ports { mysql_required: free_port(), mysql_preferred: free_port(), pg_required: free_port(), pg_preferred: free_port() };
-    let gateway = Gateway::start(strait_e2e::Role::Ingress, pki.dir.path(), &ingress(&certs, &ports, db.port, pg.port));
+    let gateway = Gateway::start(strait_e2e::Role::Ingress, pki.dir.path(), &ingress(&certs, db.port, pg.port).toml());
+    let ports = Ports {
+        mysql_required: gateway.port("mysql-required"),
+        mysql_preferred: gateway.port("mysql-preferred"),
+        pg_required: gateway.port("pg-required"),
+        pg_preferred: gateway.port("pg-preferred"),
+    };
     let client = Some(certs.client.as_path());
 
     // A MySQL client whose ClientHello follows its SSL request in the same segment is

@@ -5,11 +5,8 @@
 use strait_e2e::databases::{PgTls, Postgres, TlsMariaDb};
 use strait_e2e::*;
 
-fn route(name: &str, protocol: &str, port: u16, pki: &Pki) -> String {
-    format!(
-        "\n[[route]]\nname = \"{name}\"\nprotocol = \"{protocol}\"\nupstream = \"127.0.0.1:{port}\"\nupstream_tls = {{ mode = \"mutual\", dir = \"{}\", sni = \"{SERVICE_HOST}\" }}\n",
-        pki.path("egress").display()
-    )
+fn route(name: &str, protocol: &str, port: u16, pki: &Pki) -> Route {
+    Route::to(name, port).protocol(protocol).mutual_origination(&pki.path("egress"), SERVICE_HOST)
 }
 
 #[test]
@@ -22,13 +19,15 @@ fn diagnose_negotiates_tls_inside_the_database_protocol() {
     let tls_pg = Postgres::start(PgTls::ClientCertRequired { server: &pki.path("ingress"), client_ca: &pki.path("ca-chain.cert.pem") });
     let plain_pg = Postgres::start(PgTls::Off);
 
-    let mut config = format!("[[listener]]\nname = \"p\"\naddress = \"127.0.0.1:{}\"\nroute = \"mysql-tls\"\n", free_port());
-    config += &route("mysql-tls", "mysql", tls_mariadb.port, &pki);
-    config += &route("mysql-plain", "mysql", plain_mariadb.port, &pki);
-    config += &route("pg-tls", "postgres", tls_pg.port, &pki);
-    config += &route("pg-plain", "postgres", plain_pg.port, &pki);
+    // diagnose never binds the listener: port 0 is as good as any.
+    let config = Config::new()
+        .listener(Listener::plain("p", "mysql-tls"))
+        .route(route("mysql-tls", "mysql", tls_mariadb.port, &pki))
+        .route(route("mysql-plain", "mysql", plain_mariadb.port, &pki))
+        .route(route("pg-tls", "postgres", tls_pg.port, &pki))
+        .route(route("pg-plain", "postgres", plain_pg.port, &pki));
     let path = pki.path("db-diagnose.toml");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, config.toml()).unwrap();
     let path = path.to_str().unwrap();
 
     for (route, said) in [("mysql-tls", "MySQL greeting offers TLS"), ("pg-tls", "PostgreSQL answered S")] {

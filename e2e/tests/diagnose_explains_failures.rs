@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use strait::certs::{Authority, KeyType, Leaf, Usage};
+use strait_e2e::config::{inline, quoted, quoted_path};
 use strait_e2e::dns::Dnsmasq;
 use strait_e2e::*;
 
@@ -17,7 +18,7 @@ fn a_working_route_prints_the_server_chain_and_exits_zero() {
     let (_echo, ingress_port, _ingress) = ingress(&pki);
     let route = mutual_route(&format!("127.0.0.1:{ingress_port}"), &pki.path("egress"), None, SERVICE_HOST);
 
-    let (ok, out) = diagnose(&pki, &route, "");
+    let (ok, out) = diagnose(&pki, route, "");
     assert!(ok, "the working path must exit 0:\n{out}");
     assert!(out.contains(&format!("TCP 127.0.0.1:{ingress_port}: connected")), "{out}");
     assert!(out.contains(&format!("(SNI {SERVICE_HOST}): TLSv1_3")), "{out}");
@@ -41,7 +42,7 @@ fn a_server_chain_from_another_ca_names_both_cas() {
     std::fs::write(&other_ca, other.bundle_pem()).unwrap();
     let route = mutual_route(&format!("127.0.0.1:{ingress_port}"), &pki.path("egress"), Some(&other_ca), SERVICE_HOST);
 
-    let (ok, out) = diagnose(&pki, &route, "");
+    let (ok, out) = diagnose(&pki, route, "");
     assert!(!ok, "{out}");
     let expected = format!(
         "FAIL: the server's chain ends in CA \"CN=Strait Root CA, O=Strait demo\", but this route trusts CA \"CN=Some Other Root CA, O=Strait demo\" ({})",
@@ -61,7 +62,7 @@ fn a_refused_client_certificate_names_the_alert_and_the_file() {
     // It trusts the ingress all right; the ingress does not trust its certificate.
     let route = mutual_route(&format!("127.0.0.1:{ingress_port}"), &foreign, Some(&pki.path("ca-chain.cert.pem")), SERVICE_HOST);
 
-    let (ok, out) = diagnose(&pki, &route, "");
+    let (ok, out) = diagnose(&pki, route, "");
     assert!(!ok, "{out}");
     let expected = format!(
         "FAIL: the server refused our client certificate (alert: unknown_ca): its client CA does not include the issuer of {}",
@@ -85,7 +86,7 @@ fn an_expired_server_certificate_says_how_long_ago() {
     let (port, _server) = s_server(&pki, &expired);
     let route = mutual_route(&format!("127.0.0.1:{port}"), &pki.path("egress"), Some(&expired.join("ca.crt")), SERVICE_HOST);
 
-    let (ok, out) = diagnose(&pki, &route, "");
+    let (ok, out) = diagnose(&pki, route, "");
     assert!(!ok, "{out}");
     assert!(out.contains("FAIL: the server's certificate expired 3 days ago: it must be renewed on the server"), "{out}");
     assert!(out.contains("(expired 3 days ago)"), "the chain listing shows it too: {out}");
@@ -99,7 +100,7 @@ fn an_sni_not_in_the_server_certificate_lists_the_names_it_has() {
     let wrong = "other.strait.test";
     let route = mutual_route(&format!("127.0.0.1:{port}"), &pki.path("egress"), None, wrong);
 
-    let (ok, out) = diagnose(&pki, &route, "");
+    let (ok, out) = diagnose(&pki, route, "");
     assert!(!ok, "{out}");
     let expected = format!("FAIL: the server's certificate names [{SERVICE_HOST}], not \"{wrong}\"");
     assert!(out.contains(&expected), "expected {expected:?} in:\n{out}");
@@ -109,10 +110,11 @@ fn an_sni_not_in_the_server_certificate_lists_the_names_it_has() {
 #[test]
 fn nothing_listening_says_the_connection_was_refused() {
     let pki = Pki::reference();
+    // A port nothing listens on: the one thing free_port is for.
     let port = free_port();
     let route = mutual_route(&format!("127.0.0.1:{port}"), &pki.path("egress"), None, SERVICE_HOST);
 
-    let (ok, out) = diagnose(&pki, &route, "");
+    let (ok, out) = diagnose(&pki, route, "");
     assert!(!ok, "{out}");
     assert!(out.contains(&format!("TCP 127.0.0.1:{port}: refused (nothing listens there)")), "{out}");
     assert!(out.contains(&format!("FAIL: no address of 127.0.0.1 accepts TCP on port {port}")), "{out}");
@@ -124,9 +126,10 @@ fn a_name_without_a_dns_answer_says_so() {
     let pki = Pki::reference();
     let dns = Dnsmasq::start(&[("present.strait.test", std::net::Ipv4Addr::LOCALHOST)]);
     let missing = "missing.strait.test";
-    let route = mutual_route(&format!("{missing}:{}", free_port()), &pki.path("egress"), None, SERVICE_HOST);
+    // The name never resolves, so the port is never dialled.
+    let route = mutual_route(&format!("{missing}:13306"), &pki.path("egress"), None, SERVICE_HOST);
 
-    let (ok, out) = diagnose(&pki, &route, &dns.resolver_table());
+    let (ok, out) = diagnose(&pki, route, &dns.resolver_table());
     assert!(!ok, "{out}");
     assert!(out.contains(&format!("DNS {missing}: no answer")), "{out}");
     assert!(out.contains(&format!("FAIL: no DNS answer for {missing}")), "{out}");
@@ -140,7 +143,12 @@ fn a_name_without_a_dns_answer_says_so() {
 #[test]
 fn ingress_diagnose_accepts_a_good_client_certificate_and_refuses_a_foreign_one() {
     let pki = Pki::reference();
-    let (_echo, ingress_port, ingress) = ingress(&pki);
+    let echo = EchoServer::start();
+    // `diagnose --config` dials the listener's address as the file gives it, so the file
+    // must hold the real port, not 0.
+    let ingress_port = free_port();
+    let listener = ingress_listener(&pki.path("ingress")).port(ingress_port);
+    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config_with(listener, echo.port).toml());
     let config = ingress.config.display().to_string();
     let egress_cert = pki.path("egress/tls.crt").display().to_string();
     let egress_key = pki.path("egress/tls.key").display().to_string();
@@ -178,21 +186,20 @@ fn ingress(pki: &Pki) -> (EchoServer, u16, Gateway) {
 
 /// A route named `probe` originating mutual TLS to `upstream` with the Secret at
 /// `secret`, trusting `ca` (default: the Secret's `ca.crt`) and sending `sni`.
-fn mutual_route(upstream: &str, secret: &Path, ca: Option<&Path>, sni: &str) -> String {
-    let ca = ca.map(|c| format!(", ca = \"{}\"", c.display())).unwrap_or_default();
-    format!(
-        "[[route]]\nname = \"probe\"\nupstream = \"{upstream}\"\nupstream_tls = {{ mode = \"mutual\", dir = \"{}\", sni = \"{sni}\"{ca} }}\n",
-        secret.display()
-    )
+fn mutual_route(upstream: &str, secret: &Path, ca: Option<&Path>, sni: &str) -> Route {
+    let mut upstream_tls = vec![("mode", quoted("mutual")), ("dir", quoted_path(secret)), ("sni", quoted(sni))];
+    upstream_tls.extend(ca.map(|ca| ("ca", quoted_path(ca))));
+    Route::new("probe", upstream).set("upstream_tls", inline(&upstream_tls))
 }
 
-/// Writes an egress config with a plain listener on `route` (plus `extra`) and runs
-/// `strait-egress diagnose probe`; returns (exit 0?, output).
-fn diagnose(pki: &Pki, route: &str, extra: &str) -> (bool, String) {
-    let config = format!("{}\n{route}\n{extra}", plain_listener("plain", free_port(), "probe"));
-    let path = pki.dir.path().join(format!("diagnose-{}.toml", free_port()));
-    std::fs::write(&path, config).unwrap();
-    let path = path.display().to_string();
+/// Writes an egress config with a plain listener on `route` (port 0: diagnose binds
+/// nothing), plus `extra`, and runs `strait-egress diagnose probe`; returns (exit 0?,
+/// output).
+fn diagnose(pki: &Pki, route: Route, extra: &str) -> (bool, String) {
+    let config = Config::new().listener(Listener::plain("plain", "probe")).route(route).raw(extra);
+    let file = tempfile::Builder::new().prefix("diagnose-").suffix(".toml").tempfile_in(pki.dir.path()).unwrap().into_temp_path();
+    std::fs::write(&file, config.toml()).unwrap();
+    let path = file.display().to_string();
     let (ok, out) = run_binary(Role::Egress, &["diagnose", "probe", "--config", &path]);
     println!("$ strait-egress diagnose probe --config {path}\n{out}");
     (ok, out)
@@ -201,6 +208,7 @@ fn diagnose(pki: &Pki, route: &str, extra: &str) -> (bool, String) {
 /// `openssl s_server` serving the Secret at `secret` on a loopback port.
 fn s_server(pki: &Pki, secret: &Path) -> (u16, Proc) {
     require("openssl");
+    // s_server takes its port on the command line and says nothing of it with -quiet.
     let port = free_port();
     let mut command = Command::new("openssl");
     command

@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use strait_e2e::dns::{ingress_config_at, Dnsmasq};
+use strait_e2e::dns::Dnsmasq;
 use strait_e2e::*;
 
 const INGRESS_NAME: &str = "ingress.strait.test";
@@ -40,17 +40,18 @@ fn two_a_records_share_the_load_and_a_dead_ingress_is_skipped() {
     let pki = Pki::reference();
     let backend = EchoServer::start();
     let dns = Dnsmasq::start(&[(INGRESS_NAME, FIRST), (INGRESS_NAME, SECOND)]);
-    let ingress_port = free_port();
-    let mut ingresses: Vec<Gateway> = [FIRST, SECOND]
-        .iter()
-        .map(|ip| {
-            let address = SocketAddr::from((*ip, ingress_port));
-            Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config_at(&pki, address, backend.port))
-        })
-        .collect();
-    let (plain_port, mesh_port) = (free_port(), free_port());
+    // One upstream name, one port: the first ingress takes any port on its address, the
+    // second binds the same port on its own address.
+    let ingress_at = |address: SocketAddr| {
+        let listener = ingress_listener(&pki.path("ingress")).at(address);
+        Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config_with(listener, backend.port).toml())
+    };
+    let first = ingress_at(SocketAddr::from((FIRST, 0)));
+    let ingress_port = first.port("mtls");
+    let mut ingresses = vec![first, ingress_at(SocketAddr::from((SECOND, ingress_port)))];
     let upstream = format!("{INGRESS_NAME}:{ingress_port}");
-    let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(&pki, plain_port, mesh_port, &upstream, &dns.resolver_table()));
+    let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(&pki, &upstream).raw(&dns.resolver_table()).toml());
+    let plain_port = egress.port("mysql-plain");
 
     // Round robin: consecutive connections alternate between the two addresses.
     for i in 0..N {
@@ -92,9 +93,10 @@ fn two_a_records_share_the_load_and_a_dead_ingress_is_skipped() {
 fn a_name_without_an_answer_is_refused_and_logged() {
     let pki = Pki::reference();
     let dns = Dnsmasq::start(&[(INGRESS_NAME, FIRST)]);
-    let (plain_port, mesh_port, ingress_port) = (free_port(), free_port(), free_port());
-    let upstream = format!("missing.strait.test:{ingress_port}");
-    let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(&pki, plain_port, mesh_port, &upstream, &dns.resolver_table()));
+    // The name never resolves, so the port is never dialled.
+    let upstream = "missing.strait.test:13306";
+    let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(&pki, upstream).raw(&dns.resolver_table()).toml());
+    let plain_port = egress.port("mysql-plain");
 
     // The client is accepted, then closed without a byte: nothing could be reached.
     let result = echo_through(plain_port, "anyone there?");

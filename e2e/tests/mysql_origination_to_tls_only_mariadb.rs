@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use strait::certs::{Leaf, Usage};
+use strait_e2e::config::{inline, quoted, quoted_path};
 use strait_e2e::databases::{mariadb, mariadb_plain, openssl_subject, TlsMariaDb};
 use strait_e2e::*;
 
@@ -14,37 +15,21 @@ use strait_e2e::*;
 /// gateway's 10 s negotiation timeout (which is what a hang would end with).
 const PROMPT: Duration = Duration::from_secs(5);
 
-fn egress(pki: &Pki, plain: u16, foreign_port: u16, db: u16, foreign: &std::path::Path) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "mysql-plain"
-address = "127.0.0.1:{plain}"
-route = "tls-mariadb"
-
-[[listener]]
-name = "mysql-foreign"
-address = "127.0.0.1:{foreign_port}"
-route = "foreign-cert"
-
-[[route]]
-name = "tls-mariadb"
-protocol = "mysql"
-upstream = "127.0.0.1:{db}"
-upstream_tls = {{ mode = "mutual", dir = "{client}", sni = "{SERVICE_HOST}" }}
-
-# Verifies the server like the route above, but presents a certificate from a CA
-# MariaDB does not trust.
-[[route]]
-name = "foreign-cert"
-protocol = "mysql"
-upstream = "127.0.0.1:{db}"
-upstream_tls = {{ mode = "mutual", cert = "{foreign}/tls.crt", key = "{foreign}/tls.key", ca = "{chain}", sni = "{SERVICE_HOST}" }}
-"#,
-        client = pki.path("egress").display(),
-        foreign = foreign.display(),
-        chain = pki.path("ca-chain.cert.pem").display(),
-    )
+fn egress(pki: &Pki, db: u16, foreign: &std::path::Path) -> Config {
+    // Verifies the server like the first route, but presents a certificate from a CA
+    // MariaDB does not trust.
+    let foreign_tls = inline(&[
+        ("mode", quoted("mutual")),
+        ("cert", quoted_path(&foreign.join("tls.crt"))),
+        ("key", quoted_path(&foreign.join("tls.key"))),
+        ("ca", quoted_path(&pki.path("ca-chain.cert.pem"))),
+        ("sni", quoted(SERVICE_HOST)),
+    ]);
+    Config::new()
+        .listener(Listener::plain("mysql-plain", "tls-mariadb"))
+        .listener(Listener::plain("mysql-foreign", "foreign-cert"))
+        .route(Route::to("tls-mariadb", db).protocol("mysql").mutual_origination(&pki.path("egress"), SERVICE_HOST))
+        .route(Route::to("foreign-cert", db).protocol("mysql").set("upstream_tls", foreign_tls))
 }
 
 #[test]
@@ -63,8 +48,8 @@ fn plain_clients_reach_a_tls_only_mariadb_through_mysql_origination() {
     ));
 
     let foreign = pki.foreign("foreign-client", &Leaf::new("client.db.strait.test", Usage::Client, 30));
-    let (plain, foreign_port) = (free_port(), free_port());
-    let gateway = Gateway::start(strait_e2e::Role::Egress, pki.dir.path(), &egress(&pki, plain, foreign_port, db.port, &foreign));
+    let gateway = Gateway::start(strait_e2e::Role::Egress, pki.dir.path(), &egress(&pki, db.port, &foreign).toml());
+    let (plain, foreign_port) = (gateway.port("mysql-plain"), gateway.port("mysql-foreign"));
 
     // The tutorial's SQL, through the egress, lands in MariaDB over TLS.
     mariadb_plain(plain, "app", "app", TUTORIAL_SQL).expect_ok("the tutorial's SQL through the egress");

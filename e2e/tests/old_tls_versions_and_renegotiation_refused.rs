@@ -7,30 +7,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use strait_e2e::config::{inline, quoted, quoted_path};
 use strait_e2e::hostile::*;
 use strait_e2e::*;
 
-fn config(pki: &Pki, port: u16, tls13_port: u16, backend: u16) -> String {
-    let secret = pki.path("ingress").display().to_string();
-    format!(
-        r#"
-[[listener]]
-name = "mtls"
-address = "127.0.0.1:{port}"
-tls = {{ mode = "mutual", dir = "{secret}" }}
-
-[[listener]]
-name = "tls13"
-address = "127.0.0.1:{tls13_port}"
-tls = {{ mode = "mutual", dir = "{secret}", min_version = "1.3" }}
-
-[[route]]
-name = "echo"
-hosts = ["{SERVICE_HOST}"]
-upstream = "127.0.0.1:{backend}"
-idle_timeout = "3s"
-"#
-    )
+fn config(pki: &Pki, backend: u16) -> Config {
+    let secret = pki.path("ingress");
+    let tls13 = inline(&[("mode", quoted("mutual")), ("dir", quoted_path(&secret)), ("min_version", quoted("1.3"))]);
+    Config::new()
+        .listener(Listener::mutual("mtls", &secret))
+        .listener(Listener::with_tls("tls13", tls13))
+        .route(Route::to("echo", backend).hosts(&[SERVICE_HOST]).set("idle_timeout", quoted("3s")))
 }
 
 /// A rustls client that offers TLS 1.2 only, with the reference client certificate.
@@ -73,8 +60,8 @@ fn version_refusals(ingress: &Gateway, listener: &str) -> f64 {
 fn old_versions_are_refused_and_renegotiation_never_happens() {
     let pki = Pki::reference();
     let echo = EchoServer::start();
-    let (port, tls13_port) = (free_port(), free_port());
-    let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&pki, port, tls13_port, echo.port));
+    let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&pki, echo.port).toml());
+    let (port, tls13_port) = (ingress.port("mtls"), ingress.port("tls13"));
     let good = || pki.egress_client();
     served(port, SERVICE_HOST, good(), "start");
 

@@ -85,12 +85,12 @@ struct Traced {
 
 fn start(pki: &Pki, receiver: &OtlpReceiver) -> Traced {
     let echo = EchoServer::start();
-    let (plain_port, mesh_port, ingress_port) = (free_port(), free_port(), free_port());
     let telemetry = format!("\n[telemetry]\notlp_endpoint = \"{}\"\n", receiver.endpoint());
-    let ingress_toml = ingress_config(pki, ingress_port, echo.port) + &telemetry;
-    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_toml);
+    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config(pki, echo.port).raw(&telemetry).toml());
+    let ingress_port = ingress.port("mtls");
     let upstream = format!("127.0.0.1:{ingress_port}");
-    let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(pki, plain_port, mesh_port, &upstream, &telemetry));
+    let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(pki, &upstream).raw(&telemetry).toml());
+    let (plain_port, mesh_port) = (egress.port("mysql-plain"), egress.port("mesh"));
     Traced { egress, _ingress: ingress, plain_port, mesh_port, ingress_port }
 }
 
@@ -104,11 +104,11 @@ fn metrics_are_pushed_with_their_labels() {
     let receiver = OtlpReceiver::start();
     let pki = Pki::reference();
     let echo = EchoServer::start();
-    let (plain_port, mesh_port, ingress_port) = (free_port(), free_port(), free_port());
-    let _ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config(&pki, ingress_port, echo.port));
+    let (_ingress, ingress_port) = Gateway::reference_ingress(&pki, echo.port);
     let telemetry = format!("[telemetry]\notlp_endpoint = \"{}\"\nmetrics_interval = \"500ms\"\n", receiver.endpoint());
     let upstream = format!("127.0.0.1:{ingress_port}");
-    let _egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(&pki, plain_port, mesh_port, &upstream, &telemetry));
+    let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(&pki, &upstream).raw(&telemetry).toml());
+    let plain_port = egress.port("mysql-plain");
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", plain_port)).unwrap();
     std::io::Write::write_all(&mut stream, b"ping").unwrap();
     stream.shutdown(std::net::Shutdown::Write).unwrap();

@@ -12,30 +12,19 @@ use std::time::{Duration, Instant};
 use strait_e2e::hostile::*;
 use strait_e2e::*;
 
-fn config(pki: &Pki, port: u16, backend: u16, max_connections: usize) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "limited"
-address = "127.0.0.1:{port}"
-tls = {{ mode = "mutual", dir = "{secret}" }}
-max_connections = {max_connections}
-
-[[route]]
-name = "echo"
-hosts = ["{SERVICE_HOST}"]
-upstream = "127.0.0.1:{backend}"
-"#,
-        secret = pki.path("ingress").display()
-    )
+fn config(pki: &Pki, backend: u16, max_connections: usize) -> String {
+    Config::new()
+        .listener(Listener::mutual("limited", &pki.path("ingress")).set("max_connections", max_connections))
+        .route(Route::to("echo", backend).hosts(&[SERVICE_HOST]))
+        .toml()
 }
 
 #[test]
 fn oversized_client_hellos_are_refused_after_the_first_record() {
     let pki = Pki::reference();
     let echo = EchoServer::start();
-    let port = free_port();
-    let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&pki, port, echo.port, 16384));
+    let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&pki, echo.port, 16384));
+    let port = ingress.port("limited");
     let good = || pki.egress_client();
     served(port, SERVICE_HOST, good(), "start");
 
@@ -69,8 +58,8 @@ fn oversized_client_hellos_are_refused_after_the_first_record() {
 fn connections_beyond_max_connections_are_shed_at_once() {
     let pki = Pki::reference();
     let echo = EchoServer::start();
-    let port = free_port();
-    let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&pki, port, echo.port, 5));
+    let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&pki, echo.port, 5));
+    let port = ingress.port("limited");
     let good = || pki.egress_client();
     let shed = |ingress: &Gateway| metric(ingress, "strait_connections_shed_total", &[("listener", "limited")]);
 

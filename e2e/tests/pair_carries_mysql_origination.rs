@@ -6,24 +6,9 @@
 use strait_e2e::databases::{mariadb_plain, TlsMariaDb};
 use strait_e2e::*;
 
-fn ingress(pki: &Pki, port: u16, db: u16) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "mtls"
-address = "127.0.0.1:{port}"
-tls = {{ mode = "mutual", dir = "{server}" }}
-
-[[route]]
-name = "tls-mariadb"
-hosts = ["{SERVICE_HOST}"]
-protocol = "mysql"
-upstream = "127.0.0.1:{db}"
-upstream_tls = {{ mode = "mutual", dir = "{client}", sni = "{SERVICE_HOST}" }}
-"#,
-        server = pki.path("ingress").display(),
-        client = pki.path("egress").display(),
-    )
+fn ingress(pki: &Pki, db: u16) -> Config {
+    let route = Route::to("tls-mariadb", db).hosts(&[SERVICE_HOST]).protocol("mysql").mutual_origination(&pki.path("egress"), SERVICE_HOST);
+    Config::new().listener(ingress_listener(&pki.path("ingress"))).route(route)
 }
 
 #[test]
@@ -31,9 +16,10 @@ fn plain_client_through_the_pair_into_a_tls_only_mariadb() {
     let pki = Pki::reference();
     let db = TlsMariaDb::start(&pki.path("ingress"), &pki.path("ca-chain.cert.pem"));
     db.root_sql("CREATE USER app@'%' IDENTIFIED BY 'app' REQUIRE X509; GRANT ALL ON *.* TO app@'%';");
-    let (plain, mesh, ingress_port) = (free_port(), free_port(), free_port());
-    let ingress_gw = Gateway::start(strait_e2e::Role::Ingress, pki.dir.path(), &ingress(&pki, ingress_port, db.port));
-    let egress_gw = Gateway::start(strait_e2e::Role::Egress, pki.dir.path(), &egress_config(&pki, plain, mesh, &format!("127.0.0.1:{ingress_port}"), ""));
+    let ingress_gw = Gateway::start(strait_e2e::Role::Ingress, pki.dir.path(), &ingress(&pki, db.port).toml());
+    let ingress_port = ingress_gw.port("mtls");
+    let egress_gw = Gateway::start(strait_e2e::Role::Egress, pki.dir.path(), &egress_config(&pki, &format!("127.0.0.1:{ingress_port}")).toml());
+    let plain = egress_gw.port("mysql-plain");
 
     mariadb_plain(plain, "app", "app", TUTORIAL_SQL).expect_ok("the tutorial's SQL through the pair");
     let row = mariadb_plain(plain, "app", "app", "SELECT content FROM test_encrypted_connection.message WHERE id = 1");

@@ -7,50 +7,27 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use strait_e2e::config::quoted;
 use strait_e2e::hostile::*;
 use strait_e2e::*;
 
-fn config(pki: &Pki, ports: [u16; 3], backend: u16) -> String {
-    let [permissive, strict, disabled] = ports;
-    let secret = pki.path("ingress").display().to_string();
-    format!(
-        r#"
-[[listener]]
-name = "permissive"
-address = "127.0.0.1:{permissive}"
-tls = {{ mode = "mutual", dir = "{secret}" }}
-peer_auth = "permissive"
-default_route = "echo"
-handshake_timeout = "2s"
-
-[[listener]]
-name = "strict"
-address = "127.0.0.1:{strict}"
-tls = {{ mode = "mutual", dir = "{secret}" }}
-peer_auth = "strict"
-
-[[listener]]
-name = "disabled"
-address = "127.0.0.1:{disabled}"
-tls = {{ mode = "mutual", dir = "{secret}" }}
-peer_auth = "disable"
-default_route = "echo"
-
-[[route]]
-name = "echo"
-hosts = ["{SERVICE_HOST}"]
-upstream = "127.0.0.1:{backend}"
-"#
-    )
+fn config(pki: &Pki, backend: u16) -> String {
+    let secret = pki.path("ingress");
+    let peer_auth = |name: &str, mode: &str| Listener::mutual(name, &secret).set("peer_auth", quoted(mode));
+    Config::new()
+        .listener(peer_auth("permissive", "permissive").set("default_route", quoted("echo")).set("handshake_timeout", quoted("2s")))
+        .listener(peer_auth("strict", "strict"))
+        .listener(peer_auth("disabled", "disable").set("default_route", quoted("echo")))
+        .route(Route::to("echo", backend).hosts(&[SERVICE_HOST]))
+        .toml()
 }
 
 #[test]
 fn permissive_port_serves_mtls_and_plaintext_strict_refuses_plaintext() {
     let pki = Pki::reference();
     let echo = EchoServer::start();
-    let ports = [free_port(), free_port(), free_port()];
-    let [permissive, strict, disabled] = ports;
-    let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&pki, ports, echo.port));
+    let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&pki, echo.port));
+    let [permissive, strict, disabled] = ["permissive", "strict", "disabled"].map(|name| ingress.port(name));
     let ca = pki.path("ingress/ca.crt");
     let good = || pki.egress_client();
     let identity = format!("identity=client.{SERVICE_HOST} ");

@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use strait_e2e::config::{quoted, Config, Listener, Route};
+use strait_e2e::config::{inline, quoted, quoted_path, Config, Listener, Route};
 use strait_e2e::kube_secret::*;
 use strait_e2e::*;
 
@@ -24,12 +24,12 @@ fn one_file_credential_and_trust_manager_bundle_serve_and_rotate() {
     let mut credential = KubeSecret::create(&pki.path("podcert"), &[("credential.pem", &bundle_of(&pki.path("ingress")))]);
     let trust_pem = std::fs::read_to_string(pki.path("ingress/ca.crt")).unwrap();
     let trust = KubeSecret::create(&pki.path("trust"), &[("trust-bundle.pem", &trust_pem)]);
-    let tls = format!(
-        "{{ mode = \"mutual\", bundle = {}, ca = {} }}",
-        quoted(&credential.path("credential.pem").display().to_string()),
-        quoted(&trust.path("trust-bundle.pem").display().to_string())
-    );
-    let config = Config::new().listener(Listener::named_tls("mtls", &tls)).route(Route::to("echo", echo.port).hosts(&[SERVICE_HOST]));
+    let tls = inline(&[
+        ("mode", quoted("mutual")),
+        ("bundle", quoted_path(&credential.path("credential.pem"))),
+        ("ca", quoted_path(&trust.path("trust-bundle.pem"))),
+    ]);
+    let config = Config::new().listener(Listener::with_tls("mtls", tls)).route(Route::to("echo", echo.port).hosts(&[SERVICE_HOST]));
     let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config.toml());
     let port = ingress.port("mtls");
 
@@ -58,12 +58,8 @@ fn a_bundle_without_a_key_is_refused_naming_the_file() {
     let pki = Pki::reference();
     let only_chain = pki.path("only-chain.pem");
     std::fs::copy(pki.path("ingress/tls.crt"), &only_chain).unwrap();
-    let tls = format!(
-        "{{ mode = \"mutual\", bundle = {}, ca = {} }}",
-        quoted(&only_chain.display().to_string()),
-        quoted(&pki.path("ingress/ca.crt").display().to_string())
-    );
-    let config = Config::new().listener(Listener::named_tls("mtls", &tls)).route(Route::to("echo", 7).hosts(&[SERVICE_HOST]));
+    let tls = inline(&[("mode", quoted("mutual")), ("bundle", quoted_path(&only_chain)), ("ca", quoted_path(&pki.path("ingress/ca.crt")))]);
+    let config = Config::new().listener(Listener::with_tls("mtls", tls)).route(Route::to("echo", 7).hosts(&[SERVICE_HOST]));
     let path = pki.path("ingress-bundle.toml");
     std::fs::write(&path, config.toml()).unwrap();
     let (ok, out) = run_binary(Role::Ingress, &["check", "--config", path.to_str().unwrap()]);

@@ -17,34 +17,15 @@ const CERT_USER: &str = "client.db.strait.test";
 /// lost cancel request would leave the 30 s sleep running.
 const CANCEL_LIMIT: Duration = Duration::from_secs(5);
 
-fn egress(pki: &Pki, plain: u16, no_tls_port: u16, pg: u16, pg_no_tls: u16) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "pg-plain"
-address = "127.0.0.1:{plain}"
-route = "tls-postgres"
-
-[[listener]]
-name = "pg-no-tls"
-address = "127.0.0.1:{no_tls_port}"
-route = "no-tls-postgres"
-
-[[route]]
-name = "tls-postgres"
-protocol = "postgres"
-upstream = "127.0.0.1:{pg}"
-upstream_tls = {{ mode = "mutual", dir = "{client}", sni = "{SERVICE_HOST}" }}
-
-# The same origination settings, to a server with ssl=off.
-[[route]]
-name = "no-tls-postgres"
-protocol = "postgres"
-upstream = "127.0.0.1:{pg_no_tls}"
-upstream_tls = {{ mode = "mutual", dir = "{client}", sni = "{SERVICE_HOST}" }}
-"#,
-        client = pki.path("egress").display(),
-    )
+fn egress(pki: &Pki, pg: u16, pg_no_tls: u16) -> String {
+    let client = pki.path("egress");
+    Config::new()
+        .listener(Listener::plain("pg-plain", "tls-postgres"))
+        .listener(Listener::plain("pg-no-tls", "no-tls-postgres"))
+        .route(Route::to("tls-postgres", pg).protocol("postgres").mutual_origination(&client, SERVICE_HOST))
+        // The same origination settings, to a server with ssl=off.
+        .route(Route::to("no-tls-postgres", pg_no_tls).protocol("postgres").mutual_origination(&client, SERVICE_HOST))
+        .toml()
 }
 
 fn plain_conninfo(port: u16) -> String {
@@ -58,8 +39,8 @@ fn plain_psql_reaches_a_cert_only_postgres_and_cancel_works() {
     pg.superuser_sql(&format!("CREATE USER \"{CERT_USER}\""));
     let no_tls = Postgres::start(PgTls::Off);
     no_tls.superuser_sql(&format!("CREATE USER \"{CERT_USER}\""));
-    let (plain, no_tls_port) = (free_port(), free_port());
-    let gateway = Gateway::start(strait_e2e::Role::Egress, pki.dir.path(), &egress(&pki, plain, no_tls_port, pg.port, no_tls.port));
+    let gateway = Gateway::start(strait_e2e::Role::Egress, pki.dir.path(), &egress(&pki, pg.port, no_tls.port));
+    let (plain, no_tls_port) = (gateway.port("pg-plain"), gateway.port("pg-no-tls"));
 
     // Through the egress: the server sees TLS and the certificate's user.
     let through = psql(&plain_conninfo(plain), "SELECT ssl, current_user FROM pg_stat_ssl WHERE pid = pg_backend_pid()");

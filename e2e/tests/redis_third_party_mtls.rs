@@ -11,10 +11,11 @@ const REDIS_HOST: &str = "redis.strait.test";
 fn plain_redis_cli_reaches_mtls_only_redis_through_the_egress() {
     let redis = Redis::start_tls_only(REDIS_HOST);
     let dir = tempfile::tempdir().unwrap();
-    let plain_port = free_port();
-    let upstream = format!("127.0.0.1:{}", redis.tls_port);
-    let config = plain_listener("redis-plain", plain_port, "redis") + &origination_route("redis", &upstream, &redis.client_secret, REDIS_HOST);
-    let egress = Gateway::start(Role::Egress, dir.path(), &config);
+    let config = Config::new()
+        .listener(Listener::plain("redis-plain", "redis"))
+        .route(Route::to("redis", redis.tls_port).mutual_origination(&redis.client_secret, REDIS_HOST));
+    let egress = Gateway::start(Role::Egress, dir.path(), &config.toml());
+    let plain_port = egress.port("redis-plain");
 
     let (ok, out) = redis_cli(plain_port, &["SET", "foo", "bar"]);
     assert!(ok && out.trim() == "OK", "SET through the egress: {out}\negress log:\n{}\nredis log:\n{}", egress.proc.output(), redis.proc.output());

@@ -54,12 +54,13 @@ fn rotating_server_client_and_ca_under_load_fails_no_connection() {
     let overlap = format!("{old_chain}{new_chain}");
     std::fs::write(pki.path("new-ca.crt"), &new_chain).unwrap();
 
-    let ingress_port = free_port();
-    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config_with(&ingress_secret.dir, ingress_port, db.port));
-    let plain_port = free_port();
-    let egress_toml = plain_listener("mysql-plain", plain_port, "to-ingress")
-        + &origination_route("to-ingress", &format!("127.0.0.1:{ingress_port}"), &egress_secret.dir, SERVICE_HOST);
-    let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_toml);
+    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config_with(ingress_listener(&ingress_secret.dir), db.port).toml());
+    let ingress_port = ingress.port("mtls");
+    let egress_toml = Config::new()
+        .listener(Listener::plain("mysql-plain", "to-ingress"))
+        .route(Route::to("to-ingress", ingress_port).mutual_origination(&egress_secret.dir, SERVICE_HOST));
+    let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_toml.toml());
+    let plain_port = egress.port("mysql-plain");
     mariadb_sql(plain_port, "SELECT 1").expect("the pair carries MySQL before the rotation");
 
     // A connection opened before the rotation, kept open across it.

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use strait::certs::Usage;
+use strait_e2e::config::{inline, list, quoted, quoted_path};
 use strait_e2e::hostile::*;
 use strait_e2e::*;
 
@@ -16,21 +17,14 @@ const INGRESS_ID: &str = "spiffe://cluster.local/ns/db/sa/ingress-gateway";
 
 /// One plain egress listener per route, each originating to the ingress with SNI
 /// [`SERVICE_HOST`] and the given extra `upstream_tls` fields.
-fn egress_config(client: &std::path::Path, ingress_port: u16, routes: &[(&str, u16, &str)]) -> String {
-    let mut config = String::new();
-    for (name, port, extra) in routes {
-        config.push_str(&plain_listener(name, *port, name));
-        config.push_str(&format!(
-            r#"
-[[route]]
-name = "{name}"
-upstream = "127.0.0.1:{ingress_port}"
-upstream_tls = {{ mode = "mutual", dir = "{client}", sni = "{SERVICE_HOST}"{extra} }}
-"#,
-            client = client.display()
-        ));
+fn egress_config(client: &std::path::Path, ingress_port: u16, routes: &[(&str, Vec<(&str, String)>)]) -> String {
+    let mut config = Config::new();
+    for (name, extra) in routes {
+        let mut upstream_tls = vec![("mode", quoted("mutual")), ("dir", quoted_path(client)), ("sni", quoted(SERVICE_HOST))];
+        upstream_tls.extend(extra.iter().cloned());
+        config = config.listener(Listener::plain(name, name)).route(Route::to(name, ingress_port).set("upstream_tls", inline(&upstream_tls)));
     }
-    config
+    config.toml()
 }
 
 /// A plaintext client of the egress's port `port` gets its bytes back from the backend.
@@ -54,28 +48,20 @@ fn origination_checks_the_servers_names_against_subject_alt_names() {
     // The ingress presents a SPIFFE-only certificate: no DNS SAN, nothing to match SNI.
     let server = ca.issue("ingress", &leaf("ingress-gateway", Usage::Server, &[], &[INGRESS_ID]));
     let client = ca.issue("egress", &leaf("egress", Usage::Client, &[&format!("client.{SERVICE_HOST}")], &[]));
-    let ingress_port = free_port();
-    let ingress = Gateway::start(
-        Role::Ingress,
-        pki.dir.path(),
-        &format!(
-            "[[listener]]\nname = \"mtls\"\naddress = \"127.0.0.1:{ingress_port}\"\ntls = {{ mode = \"mutual\", dir = \"{}\" }}\n\n\
-         [[route]]\nname = \"db\"\nhosts = [\"{SERVICE_HOST}\"]\nupstream = \"127.0.0.1:{}\"\n",
-            server.display(),
-            echo.port
-        ),
-    );
+    let ingress_config = Config::new().listener(Listener::mutual("mtls", &server)).route(Route::to("db", echo.port).hosts(&[SERVICE_HOST]));
+    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config.toml());
+    let ingress_port = ingress.port("mtls");
 
-    let [exact, glob, unlisted, hostname, both] = [free_port(), free_port(), free_port(), free_port(), free_port()];
-    let listed = format!(", subject_alt_names = [\"{INGRESS_ID}\"]");
+    let listed = ("subject_alt_names", list(&[INGRESS_ID]));
     let routes = [
-        ("exact", exact, listed.as_str()),
-        ("glob", glob, ", subject_alt_names = [\"spiffe://cluster.local/ns/db/sa/*\"]"),
-        ("unlisted", unlisted, ", subject_alt_names = [\"spiffe://cluster.local/ns/db/sa/mysql\", \"db.strait.test\"]"),
-        ("hostname", hostname, ""),
-        ("both", both, &format!("{listed}, verify_hostname = true")),
+        ("exact", vec![listed.clone()]),
+        ("glob", vec![("subject_alt_names", list(&["spiffe://cluster.local/ns/db/sa/*"]))]),
+        ("unlisted", vec![("subject_alt_names", list(&["spiffe://cluster.local/ns/db/sa/mysql", "db.strait.test"]))]),
+        ("hostname", vec![]),
+        ("both", vec![listed, ("verify_hostname", "true".to_owned())]),
     ];
     let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config(&client, ingress_port, &routes));
+    let [exact, glob, unlisted, hostname, both] = routes.map(|(name, _)| egress.port(name));
 
     through(exact, "the listed SPIFFE ID");
     let line = egress.wait_for_access_line(&["listener=exact", "outcome=closed"]);

@@ -67,9 +67,11 @@ fn sigterm_with_a_connection_left_open_exits_zero_after_the_drain_timeout() {
 fn start(pki: &Pki, extra: &str) -> (Gateway, Gateway, u16) {
     let echo = EchoServer::start();
     let (ingress, ingress_port) = Gateway::reference_ingress(pki, echo.port);
-    let port = free_port();
-    let upstream = format!("127.0.0.1:{ingress_port}");
-    let config = plain_listener("plain", port, "to-ingress") + &origination_route("to-ingress", &upstream, &pki.path("egress"), SERVICE_HOST) + "\n" + extra;
-    let egress = Gateway::start(Role::Egress, pki.dir.path(), &config);
+    let config = Config::new()
+        .listener(Listener::plain("plain", "to-ingress"))
+        .route(Route::to("to-ingress", ingress_port).mutual_origination(&pki.path("egress"), SERVICE_HOST))
+        .raw(extra);
+    let egress = Gateway::start(Role::Egress, pki.dir.path(), &config.toml());
+    let port = egress.port("plain");
     (ingress, egress, port)
 }

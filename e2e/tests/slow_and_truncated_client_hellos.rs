@@ -13,23 +13,11 @@ use strait_e2e::*;
 
 const FLOOD: usize = 500;
 
-fn config(pki: &Pki, port: u16, backend: u16) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "mtls"
-address = "127.0.0.1:{port}"
-tls = {{ mode = "mutual", dir = "{secret}" }}
-handshake_timeout = "2s"
-max_connections = 2000
-
-[[route]]
-name = "mysql"
-hosts = ["{SERVICE_HOST}"]
-upstream = "127.0.0.1:{backend}"
-"#,
-        secret = pki.path("ingress").display()
-    )
+fn config(pki: &Pki, backend: u16) -> String {
+    Config::new()
+        .listener(Listener::mutual("mtls", &pki.path("ingress")).set("handshake_timeout", "\"2s\"").set("max_connections", 2000))
+        .route(Route::to("mysql", backend).hosts(&[SERVICE_HOST]))
+        .toml()
 }
 
 /// Connects and sends the first half of a real ClientHello for [`SERVICE_HOST`].
@@ -53,8 +41,8 @@ fn closed_by_timeout(stream: &mut TcpStream, since: Instant, what: &str) {
 fn unfinished_handshakes_are_closed_by_the_timeout_and_do_not_block_good_clients() {
     let pki = Pki::reference();
     let echo = EchoServer::start();
-    let port = free_port();
-    let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&pki, port, echo.port));
+    let mut ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config(&pki, echo.port));
+    let port = ingress.port("mtls");
     let good = || pki.egress_client();
     let timeouts = |ingress: &Gateway| metric(ingress, "strait_handshake_failures_total", &[("listener", "mtls"), ("reason", "timeout")]);
     served(port, SERVICE_HOST, good(), "start");

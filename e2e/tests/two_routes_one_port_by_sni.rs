@@ -6,6 +6,7 @@
 use std::io::{Read, Write};
 
 use strait::identity::Identity;
+use strait_e2e::config::{inline, quoted_path};
 use strait_e2e::databases::read_mysql_greeting;
 use strait_e2e::*;
 
@@ -23,32 +24,13 @@ fn each_sni_gets_its_own_certificate_and_backend() {
     let db = MariaDb::start();
     let echo = EchoServer::start();
     let echo_secret = pki.server_secret("echo-server", ECHO_HOST);
-    let port = free_port();
-    let config = format!(
-        r#"
-[[listener]]
-name = "mtls"
-address = "127.0.0.1:{port}"
-tls = {{ mode = "mutual", dir = "{ingress}" }}
-
-[[route]]
-name = "mysql"
-hosts = ["{SERVICE_HOST}"]
-upstream = "127.0.0.1:{db_port}"
-
-[[route]]
-name = "echo"
-hosts = ["{ECHO_HOST}"]
-upstream = "127.0.0.1:{echo_port}"
-downstream_tls = {{ cert = "{echo_cert}", key = "{echo_key}" }}
-"#,
-        ingress = pki.path("ingress").display(),
-        db_port = db.port,
-        echo_port = echo.port,
-        echo_cert = echo_secret.join("tls.crt").display(),
-        echo_key = echo_secret.join("tls.key").display(),
-    );
-    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config);
+    let echo_tls = inline(&[("cert", quoted_path(&echo_secret.join("tls.crt"))), ("key", quoted_path(&echo_secret.join("tls.key")))]);
+    let config = Config::new()
+        .listener(Listener::mutual("mtls", &pki.path("ingress")))
+        .route(Route::to("mysql", db.port).hosts(&[SERVICE_HOST]))
+        .route(Route::to("echo", echo.port).hosts(&[ECHO_HOST]).set("downstream_tls", echo_tls));
+    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config.toml());
+    let port = ingress.port("mtls");
     let egress_cert = pki.path("egress");
     let trusts_ingress = client_config(Some(&egress_cert), &pki.path("ingress/ca.crt"));
     let trusts_echo = client_config(Some(&egress_cert), &echo_secret.join("ca.crt"));
