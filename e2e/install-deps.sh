@@ -11,6 +11,7 @@ declare -A need=(
   [redis-cli]=redis-tools
   [dnsmasq]=dnsmasq-base
   [openssl]=openssl
+  [prometheus]=prometheus
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -586,6 +586,8 @@ pub mod databases;
 pub mod digest;
 pub mod dns;
 pub mod hostile;
+pub mod http_ports;
 pub mod kube_secret;
 pub mod otlp;
+pub mod prometheus;
 pub mod redis;
