@@ -77,10 +77,10 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminSettings,
     /// The health port kubelets probe (Istio's 15021).
-    #[serde(default = "HttpPortSettings::health")]
+    #[serde(default = "HttpPortSettings::health", deserialize_with = "HttpPortSettings::health_table")]
     pub health: HttpPortSettings,
     /// The Prometheus scrape port (Istio's 15090 `/stats/prometheus`).
-    #[serde(default = "HttpPortSettings::metrics")]
+    #[serde(default = "HttpPortSettings::metrics", deserialize_with = "HttpPortSettings::metrics_table")]
     pub metrics: HttpPortSettings,
     /// OpenTelemetry export.
     #[serde(default)]
@@ -361,8 +361,9 @@ fn default_admin_address() -> SocketAddr {
 
 /// A port that serves only what is safe to expose to the cluster: `[health]`
 /// (`/healthz/ready`, `/healthz/live`) or `[metrics]` (`/stats/prometheus`, `/metrics`).
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// Each table has its own default address, so either field may be left out
+/// (`[metrics] enabled = false` alone is a whole table).
+#[derive(Debug, Serialize)]
 pub struct HttpPortSettings {
     /// Where it listens.
     pub address: SocketAddr,
@@ -380,6 +381,29 @@ impl HttpPortSettings {
     /// `0.0.0.0:15090`, Istio's Envoy Prometheus port.
     pub fn metrics() -> HttpPortSettings {
         HttpPortSettings { address: SocketAddr::from(([0, 0, 0, 0], 15090)), enabled: true }
+    }
+
+    fn health_table<'de, D: serde::Deserializer<'de>>(table: D) -> Result<HttpPortSettings, D::Error> {
+        HttpPortTable::deserialize(table).map(|t| t.over(HttpPortSettings::health()))
+    }
+
+    fn metrics_table<'de, D: serde::Deserializer<'de>>(table: D) -> Result<HttpPortSettings, D::Error> {
+        HttpPortTable::deserialize(table).map(|t| t.over(HttpPortSettings::metrics()))
+    }
+}
+
+/// `[health]` or `[metrics]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpPortTable {
+    address: Option<SocketAddr>,
+    enabled: Option<bool>,
+}
+
+impl HttpPortTable {
+    /// What the table says, the port's defaults for what it leaves out.
+    fn over(self, defaults: HttpPortSettings) -> HttpPortSettings {
+        HttpPortSettings { address: self.address.unwrap_or(defaults.address), enabled: self.enabled.unwrap_or(defaults.enabled) }
     }
 }
 
@@ -956,6 +980,15 @@ upstream_tls = { mode = "mutual", dir = "/certs/client" }
         let p = c.routes[0].get_ref().upstream_tls.as_ref().unwrap().paths();
         assert_eq!(p.key, Some(PathBuf::from("/certs/client/tls.key")));
         assert_eq!(c.routes[0].get_ref().connect_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn health_and_metrics_tables_may_leave_out_either_field() {
+        let c = parse(Role::Egress, &format!("{EGRESS}\n[health]\naddress = \"127.0.0.1:9\"\n\n[metrics]\nenabled = false\n")).unwrap();
+        assert_eq!((c.health.address, c.health.enabled), ("127.0.0.1:9".parse().unwrap(), true));
+        assert_eq!((c.metrics.address, c.metrics.enabled), ("0.0.0.0:15090".parse().unwrap(), false));
+        let e = parse(Role::Egress, &format!("{EGRESS}\n[metrics]\nport = 1\n")).unwrap_err().to_string();
+        assert!(e.contains("unknown field `port`"), "{e}");
     }
 
     #[test]
