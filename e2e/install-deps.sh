@@ -17,6 +17,7 @@ declare -A need=(
   [ip]=iproute2
   [tc]=iproute2
   [nft]=nftables
+  [prometheus]=prometheus
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -205,11 +205,13 @@ impl ConnectionRecord {
             source_workload_namespace: if source { own.namespace.clone() } else { namespace_of(client) },
             source_principal: principal(client),
             source_canonical_service: if source { own.canonical_service.clone() } else { unknown() },
+            source_canonical_revision: if source { own.canonical_revision.clone() } else { unknown() },
             source_cluster: if source { own.cluster.clone() } else { unknown() },
             destination_workload: if source { unknown() } else { own.name.clone() },
             destination_workload_namespace: if source { namespace_of(server) } else { own.namespace.clone() },
             destination_principal: principal(server),
             destination_canonical_service: if source { unknown() } else { own.canonical_service.clone() },
+            destination_canonical_revision: if source { unknown() } else { own.canonical_revision.clone() },
             destination_service_name: service_name,
             destination_service_namespace: service_namespace,
             destination_service: service,
@@ -375,8 +377,13 @@ mod tests {
     use super::*;
 
     fn recorder() -> Arc<Recorder> {
-        let workload =
-            Workload { name: "strait-egress".into(), namespace: "istio-system".into(), canonical_service: "strait-egress".into(), cluster: "c1".into() };
+        let workload = Workload {
+            name: "strait-egress".into(),
+            namespace: "istio-system".into(),
+            canonical_service: "strait-egress".into(),
+            canonical_revision: "latest".into(),
+            cluster: "c1".into(),
+        };
         Arc::new(Recorder { metrics: Arc::new(Metrics::new(None)), tracer: None, workload })
     }
 
@@ -394,6 +401,7 @@ mod tests {
         let labels = inbound.istio_labels("-");
         assert_eq!((labels.reporter, labels.connection_security_policy), ("destination", "mutual_tls"));
         assert_eq!((labels.source_workload_namespace.as_str(), labels.destination_workload.as_str()), ("payments", "strait-egress"));
+        assert_eq!((labels.source_canonical_revision.as_str(), labels.destination_canonical_revision.as_str()), ("unknown", "latest"));
         assert_eq!((labels.destination_service_name.as_str(), labels.destination_service_namespace.as_str()), ("mysql", "default"));
     }
 

@@ -116,6 +116,8 @@ pub struct IstioTcpLabels {
     pub source_principal: String,
     /// The client's canonical service.
     pub source_canonical_service: String,
+    /// The client's canonical revision (Kiali skips a series without it).
+    pub source_canonical_revision: String,
     /// The client's cluster.
     pub source_cluster: String,
     /// The server workload (this gateway's at the ingress).
@@ -126,6 +128,8 @@ pub struct IstioTcpLabels {
     pub destination_principal: String,
     /// The server's canonical service.
     pub destination_canonical_service: String,
+    /// The server's canonical revision.
+    pub destination_canonical_revision: String,
     /// The route's upstream host, as Istio names a service (`mysql.default.svc.cluster.local`).
     pub destination_service: String,
     /// Its first label (`mysql`).
@@ -151,6 +155,8 @@ pub struct Workload {
     pub namespace: String,
     /// Its canonical service.
     pub canonical_service: String,
+    /// Its canonical revision (`service.istio.io/canonical-revision`).
+    pub canonical_revision: String,
     /// Its cluster.
     pub cluster: String,
 }
@@ -158,13 +164,15 @@ pub struct Workload {
 impl Workload {
     /// From the `[telemetry]` settings, else the pod environment Kubernetes and Istio
     /// set (`ISTIO_META_WORKLOAD_NAME`, `POD_NAME`, `POD_NAMESPACE`, `CANONICAL_SERVICE`,
-    /// `ISTIO_META_CLUSTER_ID`), else `unknown`.
+    /// `CANONICAL_REVISION`, `ISTIO_META_CLUSTER_ID`), else `unknown` (the revision:
+    /// `latest`, as Istio defaults it).
     pub fn from(settings: &crate::config::TelemetrySettings, env: impl Fn(&str) -> Option<String>) -> Workload {
         let pick = |set: &Option<String>, vars: &[&str]| set.clone().or_else(|| vars.iter().find_map(|v| env(v).filter(|s| !s.is_empty())));
         let name = pick(&settings.workload_name, &["ISTIO_META_WORKLOAD_NAME"]).or_else(|| env("POD_NAME").map(|pod| deployment_of(&pod)));
         let name = name.unwrap_or_else(|| "unknown".into());
         Workload {
             canonical_service: pick(&settings.canonical_service, &["CANONICAL_SERVICE"]).unwrap_or_else(|| name.clone()),
+            canonical_revision: pick(&settings.canonical_revision, &["CANONICAL_REVISION"]).unwrap_or_else(|| "latest".into()),
             namespace: pick(&settings.workload_namespace, &["POD_NAMESPACE"]).unwrap_or_else(|| "unknown".into()),
             cluster: pick(&settings.cluster_id, &["ISTIO_META_CLUSTER_ID"]).unwrap_or_else(|| "unknown".into()),
             name,
@@ -208,10 +216,10 @@ labels! {
     CredentialLabels => [file, serial],
     ReloadLabels => [result],
     NegotiationLabels => [route, protocol, tls, outcome],
-    IstioTcpLabels => [reporter, source_workload, source_workload_namespace, source_principal, source_canonical_service, source_cluster,
-        destination_workload, destination_workload_namespace, destination_principal, destination_canonical_service, destination_service,
-        destination_service_name, destination_service_namespace, destination_cluster, request_protocol, response_flags,
-        connection_security_policy],
+    IstioTcpLabels => [reporter, source_workload, source_workload_namespace, source_principal, source_canonical_service,
+        source_canonical_revision, source_cluster, destination_workload, destination_workload_namespace, destination_principal,
+        destination_canonical_service, destination_canonical_revision, destination_service, destination_service_name,
+        destination_service_namespace, destination_cluster, request_protocol, response_flags, connection_security_policy],
 }
 
 /// Where a metric is declared: its name (without the `strait_` prefix) and help, used by
@@ -452,6 +460,7 @@ mod tests {
         let from_env = Workload::from(&crate::config::TelemetrySettings::default(), env);
         assert_eq!(from_env.name, "strait-egress");
         assert_eq!((from_env.namespace.as_str(), from_env.canonical_service.as_str(), from_env.cluster.as_str()), ("istio-system", "strait-egress", "unknown"));
+        assert_eq!(from_env.canonical_revision, "latest");
         let settings = crate::config::TelemetrySettings { cluster_id: Some("client-cluster".into()), workload_name: Some("gw".into()), ..Default::default() };
         let set = Workload::from(&settings, env);
         assert_eq!((set.name.as_str(), set.cluster.as_str()), ("gw", "client-cluster"));

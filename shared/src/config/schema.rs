@@ -383,6 +383,9 @@ pub struct TelemetrySettings {
     /// Its canonical service (`service.istio.io/canonical-name`); default
     /// `$CANONICAL_SERVICE`, else the workload name.
     pub canonical_service: Option<String>,
+    /// Its canonical revision (`service.istio.io/canonical-revision`); default
+    /// `$CANONICAL_REVISION`, else `latest`.
+    pub canonical_revision: Option<String>,
     /// The cluster it runs in (`source_cluster` / `destination_cluster`); default
     /// `$ISTIO_META_CLUSTER_ID`.
     pub cluster_id: Option<String>,
@@ -397,6 +400,7 @@ impl Default for TelemetrySettings {
             workload_name: None,
             workload_namespace: None,
             canonical_service: None,
+            canonical_revision: None,
             cluster_id: None,
         }
     }

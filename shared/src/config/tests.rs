@@ -351,3 +351,12 @@ fn damaged_examples_are_refused_with_findings_never_a_panic() {
         }
     }
 }
+
+#[test]
+fn health_and_metrics_tables_may_leave_out_either_field() {
+    let c = parse(Role::Egress, &format!("{EGRESS}\n[health]\naddress = \"127.0.0.1:9\"\n\n[metrics]\nenabled = false\n")).unwrap();
+    assert_eq!((c.health.address, c.health.enabled), ("127.0.0.1:9".parse().unwrap(), true));
+    assert_eq!((c.metrics.address, c.metrics.enabled), ("0.0.0.0:15090".parse().unwrap(), false));
+    let e = parse(Role::Egress, &format!("{EGRESS}\n[metrics]\nport = 1\n")).unwrap_err().to_string();
+    assert!(e.contains("unknown field `port`"), "{e}");
+}

@@ -173,7 +173,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Handle
         *slot = Some(at);
     }
     let [admin_address, health_address, metrics_address] = bound;
-    gateway.admin_bound = admin_address;
+    gateway.http_bound = report::HttpAddresses { admin: admin_address, health: health_address, metrics: metrics_address };
     gateway.refresh_dump(None);
     gateway.admin.ready.store(true, Ordering::Relaxed);
     tracing::info!(role = options.role.name(), "ready");
@@ -233,8 +233,8 @@ struct Gateway {
     http_ports: HttpPorts,
     /// Stops the admin port, after the drain, so probes see "not ready" meanwhile.
     admin_stop: CancellationToken,
-    /// The admin port's actual address (port 0 resolved).
-    admin_bound: Option<SocketAddr>,
+    /// The HTTP ports' actual addresses (port 0 resolved), for `/config_dump`.
+    http_bound: report::HttpAddresses,
     /// OTLP export, flushed at stop.
     otel: Option<Otel>,
     /// How long the listeners keep accepting after shutdown begins.
@@ -289,7 +289,7 @@ impl Gateway {
                 metrics: config.metrics.enabled.then_some(config.metrics.address),
             },
             admin_stop: CancellationToken::new(),
-            admin_bound: None,
+            http_bound: report::HttpAddresses::default(),
             otel,
             drain_delay: config.process.drain_delay,
         };
@@ -329,7 +329,7 @@ impl Gateway {
     fn refresh_dump(&self, config: Option<&Config>) {
         let table = self.context.table.load();
         let listeners = self.bound_addresses.load();
-        let inputs = report::DumpInputs { config, table: &table, listeners: &listeners, admin: self.admin_bound, reload: self.status.as_ref() };
+        let inputs = report::DumpInputs { config, table: &table, listeners: &listeners, http: self.http_bound, reload: self.status.as_ref() };
         let dump = report::config_dump(&self.admin.config_dump.load(), inputs);
         self.admin.config_dump.store(Arc::new(dump));
     }

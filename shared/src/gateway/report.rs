@@ -19,10 +19,21 @@ pub struct DumpInputs<'a> {
     pub table: &'a RouteTable,
     /// The addresses the listeners are bound to (port 0 resolved).
     pub listeners: &'a BTreeMap<String, SocketAddr>,
-    /// The admin port's bound address.
-    pub admin: Option<SocketAddr>,
+    /// The HTTP ports' bound addresses.
+    pub http: HttpAddresses,
     /// The latest reload attempt.
     pub reload: Option<&'a ReloadStatus>,
+}
+
+/// Where the gateway's HTTP ports are bound (port 0 resolved), for `/config_dump`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpAddresses {
+    /// The admin port, when enabled.
+    pub admin: Option<SocketAddr>,
+    /// The health port, when enabled.
+    pub health: Option<SocketAddr>,
+    /// The metrics port, when enabled.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Rebuilds `/config_dump` over `previous`: the effective configuration, the bound
@@ -39,8 +50,11 @@ pub fn config_dump(previous: &serde_json::Value, inputs: DumpInputs<'_>) -> serd
             listener["address"] = serde_json::json!(bound.to_string());
         }
     }
-    if let Some(bound) = inputs.admin {
-        dump["admin_address"] = serde_json::json!(bound.to_string());
+    let http = [("admin_address", inputs.http.admin), ("health_address", inputs.http.health), ("metrics_address", inputs.http.metrics)];
+    for (field, bound) in http {
+        if let Some(bound) = bound {
+            dump[field] = serde_json::json!(bound.to_string());
+        }
     }
     dump["listeners"] = inputs.listeners.iter().map(|(name, address)| (name.clone(), serde_json::json!(address.to_string()))).collect();
     let rfc3339 = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
