@@ -161,6 +161,13 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Handle
         (Port::Health, ports.health.map(|a| options.health_address.unwrap_or(a))),
         (Port::Metrics, ports.metrics.map(|a| options.metrics_address.unwrap_or(a))),
     ];
+    if let (Port::Admin, Some(address)) = wanted[0] {
+        // `--admin-address` is held to the same rule as the file.
+        if !address.ip().is_loopback() && !ports.admin_remote {
+            let reason = format!("admin address {address} is reachable from other hosts: bind 127.0.0.1, or set [admin] allow_remote = true");
+            return Err(StartError::Setup { what: "the admin port", reason });
+        }
+    }
     let mut bound = [None; 3];
     for (slot, (port, address)) in bound.iter_mut().zip(wanted) {
         let Some(address) = address else { continue };
@@ -189,6 +196,8 @@ struct HttpPorts {
     admin: bool,
     /// Where it listens.
     admin_address: SocketAddr,
+    /// Whether a non-loopback admin address is allowed (`[admin] allow_remote`).
+    admin_remote: bool,
     /// The health port, unless disabled.
     health: Option<SocketAddr>,
     /// The metrics port, unless disabled.
@@ -285,6 +294,7 @@ impl Gateway {
             http_ports: HttpPorts {
                 admin: config.admin.enabled,
                 admin_address: config.admin.address,
+                admin_remote: config.admin.allow_remote,
                 health: config.health.enabled.then_some(config.health.address),
                 metrics: config.metrics.enabled.then_some(config.metrics.address),
             },
