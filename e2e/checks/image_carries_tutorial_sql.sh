@@ -10,7 +10,7 @@
 # and that dnsmasq is known to the container only through the /etc/resolv.conf podman
 # writes (--dns): so the static binary in the empty image resolves names via resolv.conf.
 # Last, SIGTERM stops both containers with exit status 0 (PID 1 handles the signal).
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../deploy/checks-lib.sh"
 
 need_apt podman podman runc runc dnsmasq dnsmasq-base mariadbd mariadb-server mariadb mariadb-client curl curl
 export CONTAINERS_CONF=$PWD/e2e/deploy/containers.conf

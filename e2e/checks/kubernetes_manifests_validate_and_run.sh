@@ -12,7 +12,7 @@
 # capabilities, in a network namespace of its own; `check` passes, the readiness probe
 # answers 200, and SIGTERM ends it with status 0 within the grace period.
 # Every tool runs in a network namespace without network (they must work offline).
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../deploy/checks-lib.sh"
 
 need_apt podman podman runc runc curl curl nsenter util-linux
 need_venv

@@ -7,7 +7,7 @@
 # the kustomize overlays and reads the kustomize base it shares), a self-test that the
 # lint does find seeded mistakes, and checkov (terraform framework; findings fixed or
 # skipped in the code with a written reason). All of it runs without network.
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../deploy/checks-lib.sh"
 
 need_venv
 py=$VENV/bin/python
