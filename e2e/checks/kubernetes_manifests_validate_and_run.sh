@@ -109,6 +109,11 @@ for expected in "[admin] 0.0.0.0:15000 is not on loopback" "[admin] allow_remote
   "POD_NAMESPACE is not the downward API's metadata.namespace"; do
   grep -qF "$expected" <<<"$out" || fail "the policy missed: $expected (it said: $out)"
 done
+# The command line overrides [admin] and is not held to allow_remote: the policy reads it too.
+sed 's|^\( *\)- --config$|\1- --admin-address\n\1- 0.0.0.0:15000\n\1- --config|' "$work/rendered/client-cluster.yaml" >"$work/seeded-args.yaml"
+grep -qx -- ' *- 0.0.0.0:15000' "$work/seeded-args.yaml" || fail "could not seed --admin-address (args rendered differently?)"
+out=$(offline "$py" e2e/deploy/manifests.py policy "$work/seeded-args.yaml" 2>&1) && fail "the policy passed --admin-address 0.0.0.0:15000"
+grep -qF "[admin] 0.0.0.0:15000 is not on loopback" <<<"$out" || fail "the policy missed --admin-address 0.0.0.0:15000 (it said: $out)"
 
 # in_pod PID CMD...: CMD in the pod's network namespace (its loopback is the pod's).
 in_pod() {

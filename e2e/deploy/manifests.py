@@ -108,13 +108,25 @@ def matches(selector, labels):
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def http_port(config, section):
-    """(host, port) a gateway HTTP port binds ([health], [metrics], [admin]), or None when
-    the section says enabled = false."""
+def http_port(config, section, container):
+    """(host, port) a gateway HTTP port binds, or None when its section says enabled = false:
+    the container's `--SECTION-address` argument, else its STRAIT_SECTION_ADDRESS env, else
+    [SECTION] address of strait.toml, else the engine's default (shared/src/cli.rs: the flag
+    and the env override the file, and are not held to [admin] allow_remote)."""
     settings = config.get(section, {})
     if settings.get("enabled", True) is False:
         return None
-    host, port = settings.get("address", HTTP_DEFAULTS[section]).rsplit(":", 1)
+    address = settings.get("address", HTTP_DEFAULTS[section])
+    env = env_sources(container).get(f"STRAIT_{section.upper()}_ADDRESS")
+    if isinstance(env, str):
+        address = env
+    args = container.get("args", [])
+    for i, arg in enumerate(args):
+        if arg == f"--{section}-address" and i + 1 < len(args):
+            address = args[i + 1]
+        elif arg.startswith(f"--{section}-address="):
+            address = arg.split("=", 1)[1]
+    host, port = address.rsplit(":", 1)
     return host.strip("[]"), int(port)
 
 
@@ -183,7 +195,7 @@ def policy(paths):
     # The HTTP ports: health (probes) and metrics (scrapes) reachable from outside the pod,
     # the admin port on loopback, and each on its own port.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    health, metrics, admin = (http_port(config, s) for s in ("health", "metrics", "admin"))
+    health, metrics, admin = (http_port(config, s, container) for s in ("health", "metrics", "admin"))
     text = lambda bound: f"{bound[0]}:{bound[1]}" if bound else "(disabled)"
     expect(health is not None and health[0] == "0.0.0.0", f"[health] {text(health)} is not bound on 0.0.0.0: the kubelet cannot probe it")
     expect(metrics is not None and metrics[0] == "0.0.0.0", f"[metrics] {text(metrics)} is not bound on 0.0.0.0: Prometheus cannot scrape it")
@@ -392,7 +404,7 @@ def pod(rendered, out_dir):
         print(f"{key} {resolve_port(ports, get['port'])} {get['path']}")
     annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
     print(f"METRICS {annotations['prometheus.io/port']} {annotations['prometheus.io/path']}")
-    admin = http_port(config, "admin")
+    admin = http_port(config, "admin", container)
     if admin:
         print(f"ADMIN {admin[0]}:{admin[1]}")
     delay, _ = drain_settings(config)
