@@ -33,8 +33,9 @@ FROM scratch AS runtime
 COPY --from=binaries /out/strait-egress /out/strait-ingress /usr/local/bin/
 ENV PATH=/usr/local/bin
 USER 65532:65532
-# plain MySQL (egress), mTLS (ingress), mesh mTLS (egress), admin/health/metrics
-EXPOSE 3306 13306 15443 15021
+# plain MySQL (egress), mTLS (ingress), mesh mTLS (egress), health (probes), metrics
+# (Prometheus). The admin port (15000) listens on loopback only: nothing to expose.
+EXPOSE 3306 13306 15443 15021 15090
 LABEL org.opencontainers.image.title="strait" \
       org.opencontainers.image.description="Cross-cluster mTLS egress and ingress gateways" \
       org.opencontainers.image.licenses="Apache-2.0"

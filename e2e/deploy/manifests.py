@@ -5,17 +5,27 @@
         and the cert-manager kinds to OUT_DIR/crds.yaml.
     manifests.py policy RENDERED [RENDERED ...]
         Checks what schemas cannot: that the Deployment, its ConfigMap's strait.toml, its
-        Secrets, Service, PDB, HPA and (when present) cert-manager Certificate agree, and that
-        the pod is hardened and drains within its grace period. Exits 1 with every finding.
+        Secrets, Service, NetworkPolicy, PDB, HPA and (when present) cert-manager
+        Certificate agree: the probes on the health port, the scrape annotations on the
+        metrics port, the admin port on loopback and named by no containerPort, Service or
+        NetworkPolicy, the workload-label env, a hardened pod, and a grace period longer
+        than preStop + drain_delay + drain_timeout. Exits 1 with every finding.
     manifests.py pod RENDERED OUT_DIR
         Lays out the Deployment's ConfigMap and Secret volumes in OUT_DIR as the kubelet
         does (a ..data symlink to a timestamped directory, files as links through it,
-        group 65532, the volume's defaultMode) and prints, one per line: the container's
-        command, then its args, then `MOUNT host_dir container_path` per volume mount,
-        then `PROBE port path` for the readiness probe.
+        group 65532, the volume's defaultMode) and prints the pod as the kubelet would
+        run it, one `KEY value...` per line: COMMAND, ARGS, `MOUNT host_dir container_path`
+        per volume mount, `ENV name value` per variable (the downward API resolved for a
+        pod of this Deployment), `PORT port` per containerPort, READY and LIVE (`port
+        path` of the probes), METRICS (`port path` of the scrape annotations), ADMIN
+        (`address` of strait.toml's admin port), DRAIN_DELAY (seconds) and GRACE (seconds).
+    manifests.py listening PROC_NET_TCP [PROC_NET_TCP6]
+        Prints the listening TCP sockets in those /proc files (a process's network
+        namespace) as `address:port`, one per line.
 """
 
 import base64
+import ipaddress
 import os
 import re
 import sys
@@ -25,6 +35,16 @@ import yaml
 
 CORE_GROUPS = {"v1", "apps/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
 FS_GROUP = 65532
+# The engine's defaults (shared/src/config/schema.rs) for what strait.toml leaves out.
+HTTP_DEFAULTS = {"health": "0.0.0.0:15021", "metrics": "0.0.0.0:15090", "admin": "127.0.0.1:15000"}
+DRAIN_DEFAULTS = {"drain_delay": "5s", "drain_timeout": "30s"}
+# shared/src/gateway/mod.rs CUT_GRACE: connections cut when drain_timeout runs out get this
+# long to write their access-log records before the process exits.
+CUT_GRACE = 5
+# Where the probes, the scrapes and the Istio metrics' workload labels come from.
+HEALTH_PATHS = (("readinessProbe", "/healthz/ready"), ("livenessProbe", "/healthz/live"), ("startupProbe", "/healthz/live"))
+SCRAPE_PATH = "/stats/prometheus"
+CANONICAL_LABEL = "service.istio.io/canonical-name"
 
 
 def load(paths):
@@ -88,6 +108,71 @@ def matches(selector, labels):
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def http_port(config, section, container):
+    """(host, port) a gateway HTTP port binds, or None when its section says enabled = false:
+    the container's `--SECTION-address` argument, else its STRAIT_SECTION_ADDRESS env, else
+    [SECTION] address of strait.toml, else the engine's default (shared/src/cli.rs: the flag
+    and the env override the file, and are not held to [admin] allow_remote)."""
+    settings = config.get(section, {})
+    if settings.get("enabled", True) is False:
+        return None
+    address = settings.get("address", HTTP_DEFAULTS[section])
+    env = env_sources(container).get(f"STRAIT_{section.upper()}_ADDRESS")
+    if isinstance(env, str):
+        address = env
+    args = container.get("args", [])
+    for i, arg in enumerate(args):
+        if arg == f"--{section}-address" and i + 1 < len(args):
+            address = args[i + 1]
+        elif arg.startswith(f"--{section}-address="):
+            address = arg.split("=", 1)[1]
+    host, port = address.rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host):
+    return host == "::1" or host == "localhost" or host.startswith("127.")
+
+
+def drain_settings(config):
+    """(drain_delay, drain_timeout) in seconds, defaults filled in."""
+    process = config.get("process", {})
+    return tuple(duration_seconds(process.get(k, DRAIN_DEFAULTS[k])) for k in ("drain_delay", "drain_timeout"))
+
+
+def pre_stop_seconds(container):
+    """The preStop hook's length: its sleep action, 0 without a hook; None for any other hook
+    (the image has no shell for an exec, and an httpGet to the gateway has no path to call)."""
+    pre_stop = container.get("lifecycle", {}).get("preStop")
+    if pre_stop is None:
+        return 0
+    return pre_stop["sleep"]["seconds"] if set(pre_stop) == {"sleep"} else None
+
+
+def env_sources(container):
+    """{name: value or the valueFrom dict} of the container's env."""
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def resolve_port(ports, port):
+    """A probe's or Service's port (a name or a number) as a number, None for an unknown name."""
+    return ports.get(port) if isinstance(port, str) else port
+
+
+def network_policy_ports(docs, labels):
+    """Every port number the NetworkPolicies selecting these pods admit; None when one
+    admits every port (a rule without ports)."""
+    opened = set()
+    for np in by_kind(docs, "NetworkPolicy"):
+        if not matches(np["spec"]["podSelector"].get("matchLabels", {}), labels):
+            continue
+        for rule in np["spec"].get("ingress", []):
+            if "ports" not in rule:
+                return None
+            opened |= {p["port"] for p in rule["ports"]}
+    return opened
+
+
 def policy(paths):
     docs = load(paths)
     problems = []
@@ -107,25 +192,66 @@ def policy(paths):
     expect(role in ("strait-egress", "strait-ingress"), f"command runs {container['command']}, not a gateway")
     expect(matches(deployment["spec"]["selector"]["matchLabels"], labels), "the Deployment's selector misses its pods")
 
-    # Admin port: reachable by the kubelet, and what the probes and Prometheus use.
-    admin = config.get("admin", {}).get("address", "127.0.0.1:15021")
-    host, port = admin.rsplit(":", 1)
-    expect(host == "0.0.0.0", f"[admin] address {admin} is not reachable by the kubelet (bind 0.0.0.0)")
+    # The HTTP ports: health (probes) and metrics (scrapes) reachable from outside the pod,
+    # the admin port on loopback, and each on its own port.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    for probe, path in (("readinessProbe", "/healthz/ready"), ("livenessProbe", "/healthz/live"), ("startupProbe", "/healthz/live")):
+    health, metrics, admin = (http_port(config, s, container) for s in ("health", "metrics", "admin"))
+    text = lambda bound: f"{bound[0]}:{bound[1]}" if bound else "(disabled)"
+    expect(health is not None and health[0] == "0.0.0.0", f"[health] {text(health)} is not bound on 0.0.0.0: the kubelet cannot probe it")
+    expect(metrics is not None and metrics[0] == "0.0.0.0", f"[metrics] {text(metrics)} is not bound on 0.0.0.0: Prometheus cannot scrape it")
+    expect(admin is None or is_loopback(admin[0]), f"[admin] {text(admin)} is not on loopback: it serves the configuration and the log level")
+    expect(config.get("admin", {}).get("allow_remote", False) is False, "[admin] allow_remote is set: the admin port must stay on loopback")
+    health_port = health[1] if health else None
+    metrics_port = metrics[1] if metrics else None
+    admin_port = admin[1] if admin else None
+    for what, port in (("health", health_port), ("metrics", metrics_port)):
+        expect(port in ports.values(), f"the {what} port {port} is not a containerPort")
+    expect(admin_port not in ports.values(), f"the admin port {admin_port} is a containerPort: it is loopback only")
+    for probe, path in HEALTH_PATHS:
         get = container.get(probe, {}).get("httpGet", {})
         expect(get.get("path") == path, f"{probe} does not GET {path}")
-        expect(ports.get(get.get("port"), get.get("port")) == int(port), f"{probe} is not on the admin port {port}")
+        expect(resolve_port(ports, get.get("port")) == health_port, f"{probe} is not on the health port {health_port}")
     expect(annotations.get("prometheus.io/scrape") == "true", "no prometheus.io/scrape annotation")
-    expect(annotations.get("prometheus.io/port") == port, "prometheus.io/port is not the admin port")
-    expect(annotations.get("prometheus.io/path") == "/metrics", "prometheus.io/path is not /metrics")
+    expect(annotations.get("prometheus.io/port") == str(metrics_port), f"prometheus.io/port {annotations.get('prometheus.io/port')} is not the metrics port {metrics_port}")
+    expect(annotations.get("prometheus.io/path") == SCRAPE_PATH, f"prometheus.io/path is not {SCRAPE_PATH}")
 
-    # Every listener's port is a container port.
+    # Istio's workload labels (istio_tcp_*): from [telemetry], else the pod's environment.
+    telemetry = config.get("telemetry", {})
+    env = env_sources(container)
+
+    def field(name):
+        source = env.get(name)
+        return source.get("fieldRef", {}).get("fieldPath") if isinstance(source, dict) else None
+
+    if "workload_name" not in telemetry and "ISTIO_META_WORKLOAD_NAME" not in env:
+        expect(field("POD_NAME") == "metadata.name", "POD_NAME is not the downward API's metadata.name (the workload label)")
+    if "workload_namespace" not in telemetry:
+        expect(field("POD_NAMESPACE") == "metadata.namespace", "POD_NAMESPACE is not the downward API's metadata.namespace")
+    if "canonical_service" not in telemetry:
+        expect(field("CANONICAL_SERVICE") == f"metadata.labels['{CANONICAL_LABEL}']", f"CANONICAL_SERVICE does not read the pod label {CANONICAL_LABEL}")
+        expect(labels.get(CANONICAL_LABEL) == name, f"the pod label {CANONICAL_LABEL} is {labels.get(CANONICAL_LABEL)!r}, not the workload {name}")
+    if "cluster_id" not in telemetry:
+        cluster = env.get("ISTIO_META_CLUSTER_ID")
+        expect(isinstance(cluster, str) and cluster != "", "ISTIO_META_CLUSTER_ID is not set to the cluster's ID")
+
+    # Every listener's port is a container port, and no two ports of the process collide.
+    listener_ports = set()
     for listener in config.get("listener", []):
         lport = int(listener["address"].rsplit(":", 1)[1])
         lhost = listener["address"].rsplit(":", 1)[0]
+        listener_ports.add(lport)
         expect(lhost == "0.0.0.0", f"listener {listener['name']} binds {lhost}, not reachable from other pods")
         expect(lport in ports.values(), f"listener {listener['name']} port {lport} is not a containerPort")
+    bound = [int(l["address"].rsplit(":", 1)[1]) for l in config.get("listener", [])] + [p for p in (health_port, metrics_port, admin_port) if p]
+    expect(len(bound) == len(set(bound)), f"two of the process's ports collide: {sorted(bound)}")
+    expect(set(ports.values()) == listener_ports | {health_port, metrics_port}, f"containerPorts {sorted(ports.values())} are not the listeners', health and metrics ports")
+
+    # The NetworkPolicy admits the listeners, the probes and the scrapes, and never the admin port.
+    opened = network_policy_ports(docs, labels)
+    expect(opened is not None, "a NetworkPolicy rule admits every port (no ports list), the admin port too")
+    if opened is not None:
+        expect(opened == listener_ports | {health_port, metrics_port}, f"the NetworkPolicy admits {sorted(opened)}, not the listeners', health and metrics ports")
+        expect(admin_port not in opened, f"the NetworkPolicy admits the admin port {admin_port}")
 
     # Every credential directory the config reads is a mounted Secret that exists (or that a
     # cert-manager Certificate writes).
@@ -170,12 +296,16 @@ def policy(paths):
     terms = pod.get("affinity", {}).get("podAntiAffinity", {}).get("preferredDuringSchedulingIgnoredDuringExecution", [])
     expect(any(t["podAffinityTerm"]["topologyKey"] == "topology.kubernetes.io/zone" for t in terms), "no anti-affinity across zones")
 
-    # Drain: the grace period covers the preStop sleep and the drain.
-    drain = duration_seconds(config.get("process", {}).get("drain_timeout", "30s"))
-    sleep = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds")
-    expect(sleep is not None, "no preStop sleep action (the image has no shell for exec sleep)")
+    # Drain: the grace period covers the preStop hook, the drain delay, the drain timeout, and
+    # the few seconds cut connections get to write their records.
+    delay, drain = drain_settings(config)
+    sleep = pre_stop_seconds(container)
+    expect(sleep is not None, "the preStop hook is not a sleep action (the image has no shell for exec)")
+    sleep = sleep or 0
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    expect(sleep is not None and grace > drain + sleep, f"terminationGracePeriodSeconds {grace} <= drain_timeout {drain} + preStop {sleep}")
+    budget = sleep + delay + drain
+    expect(grace > budget, f"terminationGracePeriodSeconds {grace} <= preStop {sleep} + drain_delay {delay:g} + drain_timeout {drain:g}")
+    expect(grace >= budget + CUT_GRACE, f"terminationGracePeriodSeconds {grace} leaves cut connections less than {CUT_GRACE}s after preStop + drain_delay + drain_timeout ({budget:g}s) to write their records")
 
     # PDB, HPA and Service point at these pods.
     pdb = one(docs, "PodDisruptionBudget")
@@ -187,7 +317,9 @@ def policy(paths):
     service = one(docs, "Service")
     expect(matches(service["spec"]["selector"], labels), "the Service selects no gateway pod")
     for p in service["spec"]["ports"]:
-        expect(p["targetPort"] in ports or p["targetPort"] in ports.values(), f"Service port {p['name']} targets no container port")
+        target = resolve_port(ports, p["targetPort"])
+        expect(target in listener_ports, f"Service port {p['name']} targets {p['targetPort']}, not a listener's port")
+        expect(admin_port not in (p["port"], target), f"Service port {p['name']} exposes the admin port {admin_port}")
     if role == "strait-ingress":
         expect(service["spec"]["type"] == "LoadBalancer", "the ingress Service is not a LoadBalancer")
         expect(13306 in [p["port"] for p in service["spec"]["ports"]], "the ingress Service does not expose 13306")
@@ -198,7 +330,9 @@ def policy(paths):
         print(f"{name}: {p}", file=sys.stderr)
     if problems:
         raise SystemExit(1)
-    print(f"{name}: {role}, admin {admin}, grace {grace}s > preStop {sleep}s + drain {drain:g}s, {len(dirs)} credential mounts")
+    admin_text = f"admin {admin[0]}:{admin_port} (loopback, unexposed)" if admin else "no admin port"
+    print(f"{name}: {role}, health :{health_port}, metrics :{metrics_port}{SCRAPE_PATH}, {admin_text}, "
+          f"grace {grace}s > preStop {sleep}s + drain_delay {delay:g}s + drain_timeout {drain:g}s (+{CUT_GRACE}s cut), {len(dirs)} credential mounts")
 
 
 def lay_out(directory, files, mode):
@@ -217,15 +351,31 @@ def lay_out(directory, files, mode):
     os.chmod(os.path.join(directory, stamp), 0o755)
 
 
+def downward(deployment, pod_name, field_path):
+    """What the kubelet puts in an env var's fieldRef for a pod of this Deployment."""
+    metadata = deployment["spec"]["template"]["metadata"]
+    label = re.fullmatch(r"metadata\.labels\['(.+)'\]", field_path)
+    if label:
+        return metadata.get("labels", {}).get(label.group(1), "")
+    annotation = re.fullmatch(r"metadata\.annotations\['(.+)'\]", field_path)
+    if annotation:
+        return metadata.get("annotations", {}).get(annotation.group(1), "")
+    values = {"metadata.name": pod_name, "metadata.namespace": deployment["metadata"].get("namespace", "default")}
+    if field_path not in values:
+        raise SystemExit(f"the check cannot resolve fieldRef {field_path}")
+    return values[field_path]
+
+
 def pod(rendered, out_dir):
     docs = load([rendered])
     deployment = one(docs, "Deployment")
     spec = deployment["spec"]["template"]["spec"]
     container = spec["containers"][0]
+    config, _ = config_of(docs, deployment)
     configmaps = {c["metadata"]["name"]: c for c in by_kind(docs, "ConfigMap")}
     secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
-    print(" ".join(container["command"]))
-    print(" ".join(container.get("args", [])))
+    print("COMMAND " + " ".join(container["command"]))
+    print("ARGS " + " ".join(container.get("args", [])))
     for mount in container["volumeMounts"]:
         volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
         target = os.path.join(out_dir, mount["name"])
@@ -236,11 +386,48 @@ def pod(rendered, out_dir):
             data = secrets[volume["secret"]["secretName"]]["data"]
             lay_out(target, {k: base64.b64decode(v) for k, v in data.items()}, volume["secret"].get("defaultMode", 0o644))
         print(f"MOUNT {target} {mount['mountPath']}")
-    get = container["readinessProbe"]["httpGet"]
-    port = {p["name"]: p["containerPort"] for p in container["ports"]}.get(get["port"], get["port"])
-    print(f"PROBE {port} {get['path']}")
+    # A pod name as a ReplicaSet of this Deployment names its pods: NAME-HASH-SUFFIX.
+    pod_name = f"{deployment['metadata']['name']}-5d9c7b6f4-x2x4q"
+    for env in container.get("env", []):
+        if "value" in env:
+            value = env["value"]
+        elif "fieldRef" in env.get("valueFrom", {}):
+            value = downward(deployment, pod_name, env["valueFrom"]["fieldRef"]["fieldPath"])
+        else:
+            raise SystemExit(f"the check cannot resolve env {env['name']}: {env.get('valueFrom')}")
+        print(f"ENV {env['name']} {value}")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for port in ports.values():
+        print(f"PORT {port}")
+    for key, probe in (("READY", "readinessProbe"), ("LIVE", "livenessProbe")):
+        get = container[probe]["httpGet"]
+        print(f"{key} {resolve_port(ports, get['port'])} {get['path']}")
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+    print(f"METRICS {annotations['prometheus.io/port']} {annotations['prometheus.io/path']}")
+    admin = http_port(config, "admin", container)
+    if admin:
+        print(f"ADMIN {admin[0]}:{admin[1]}")
+    delay, _ = drain_settings(config)
+    print(f"DRAIN_DELAY {delay:g}")
+    print(f"GRACE {spec.get('terminationGracePeriodSeconds', 30)}")
+
+
+def listening(*paths):
+    """/proc/net/tcp{,6} rows in state 0A (LISTEN): local addresses, decoded."""
+    for path in paths:
+        with open(path) as f:
+            rows = [line.split() for line in f.readlines()[1:]]
+        for row in rows:
+            if row[3] != "0A":
+                continue
+            address, port = row[1].split(":")
+            raw = bytes.fromhex(address)
+            # The kernel prints each 32-bit word in host (little-endian) order.
+            words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            host = ".".join(str(b) for b in words) if len(words) == 4 else "[" + ipaddress.IPv6Address(words).compressed + "]"
+            print(f"{host}:{int(port, 16)}")
 
 
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    {"split": lambda: split(*args), "policy": lambda: policy(args), "pod": lambda: pod(*args)}[command]()
+    {"split": lambda: split(*args), "policy": lambda: policy(args), "pod": lambda: pod(*args), "listening": lambda: listening(*args)}[command]()

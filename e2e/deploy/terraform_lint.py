@@ -11,7 +11,9 @@
 - every resource's and data source's provider is in the module's required_providers;
 - every file() a module reads exists (the kustomize files the gateway module shares);
 - the gateway module's role settings agree with the kustomize overlays (command, ports,
-  Service type, names, credential mounts, labels), and the examples' SQL is TUTORIAL_SQL.
+  Service type, names, credential mounts, labels, the cluster id and canonical-service
+  label of Istio's metrics), its NetworkPolicy opens the base's health and metrics ports
+  (and so never the loopback admin port), and the examples' SQL is TUTORIAL_SQL.
 Prints every finding and exits 1 if there is any.
 """
 
@@ -19,6 +21,7 @@ import glob
 import os
 import re
 import sys
+import tomllib
 
 import hcl2
 import yaml
@@ -176,6 +179,15 @@ def check_agreement(modules, tf_dir, k8s_dir, lib_rs):
         for key, value in labels.items():
             if key not in gateway.text or (value != role and f'"{value}"' not in gateway.text):
                 finding(where, f"label {key}={value} is not set by the module")
+        # Istio's workload labels: the overlay's cluster id and canonical service are the module's.
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        if settings.get("cluster_id") != env.get("ISTIO_META_CLUSTER_ID"):
+            finding(where, f"cluster id {settings.get('cluster_id')} != the overlay's ISTIO_META_CLUSTER_ID {env.get('ISTIO_META_CLUSTER_ID')}")
+        if 'name = "ISTIO_META_CLUSTER_ID"' not in gateway.text:
+            finding(where, "the module does not set ISTIO_META_CLUSTER_ID")
+        canonical = patch["spec"]["template"]["metadata"]["labels"].get("service.istio.io/canonical-name")
+        if canonical != f"strait-{role}-gateway" or '"service.istio.io/canonical-name" = local.name' not in gateway.text:
+            finding(where, f"the pods' service.istio.io/canonical-name ({canonical}) is not strait-{role}-gateway in both")
         # The credential mounts each example passes equal the overlay's.
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
         secret_names = {v["name"]: v["secret"]["secretName"] for v in patch["spec"]["template"]["spec"]["volumes"]}
@@ -195,10 +207,20 @@ def check_agreement(modules, tf_dir, k8s_dir, lib_rs):
                 finding(example, f"module {role} credentials {first(call['credentials'])} != overlay mounts {mounts}")
             if f"/{overlay}/strait.toml" not in first(call["config"]) or not first(ex.locals["overlays"]).endswith("deploy/kubernetes/overlays"):
                 finding(example, f"module {role} config is not read from overlays/{overlay}/strait.toml")
+    # The NetworkPolicy's second rule opens exactly the base's container ports (health and
+    # metrics): the base lists no admin port, so the module cannot open it.
     base = yaml.safe_load(open(os.path.join(k8s_dir, "base", "deployment.yaml")))
-    admin = base["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
-    if f"port     = {admin}" not in gateway.text:
-        finding("modules/gateway", f"the NetworkPolicy does not open the admin port {admin}")
+    base_ports = [p["containerPort"] for p in base["spec"]["template"]["spec"]["containers"][0]["ports"]]
+    policy = next((b for doc in gateway.parsed for r in doc.get("resource", []) for t, b in r.items() if t == "kubernetes_network_policy_v1"), {})
+    rules = [first(i) for i in first(policy.get("gateway", {}).get("spec", [{}])).get("ingress", [])]
+    dynamic_ports = [first(d["ports"]) for rule in rules for d in rule.get("dynamic", []) if "ports" in d]
+    if not any(first(d.get("for_each")) == "${local.base_container.ports}" for d in dynamic_ports):
+        finding("modules/gateway", f"the NetworkPolicy does not open the base's container ports {base_ports} (dynamic ports over local.base_container.ports)")
+    for overlay in ("client-cluster", "server-cluster"):
+        with open(os.path.join(k8s_dir, "overlays", overlay, "strait.toml"), "rb") as f:
+            admin = int(tomllib.load(f).get("admin", {}).get("address", "127.0.0.1:15000").rsplit(":", 1)[1])
+        if admin in base_ports or any(int(p) == admin for rule in rules for p in re.findall(r"'port': \[(\d+)\]", str(rule))):
+            finding("modules/gateway", f"the NetworkPolicy opens the admin port {admin} of overlays/{overlay}/strait.toml")
 
     sql = re.search(r'pub const TUTORIAL_SQL: &str = "(.*?)";', open(lib_rs).read(), re.S)
     sql = " ".join(sql.group(1).replace("\\\n", " ").split()) if sql else None

@@ -1,13 +1,15 @@
 # One gateway (egress or ingress) from the same settings as the kustomize base: the
 # Deployment's pod template, the PodDisruptionBudget and the HorizontalPodAutoscaler are
 # read from deploy/kubernetes/base/*.yaml, so probes, resources, security context,
-# anti-affinity, preStop and grace period have one source. The role's own parts (command,
-# ports, Service) are in local.roles; e2e/checks/terraform_static_checks.sh checks they
+# anti-affinity, the health and metrics ports, the workload-label env and the grace period
+# have one source. The role's own parts (command, ports, Service, cluster id, canonical
+# service label) are in local.roles; e2e/checks/terraform_static_checks.sh checks they
 # match the kustomize overlays.
 #
-# The Deployment is a kubernetes_manifest: the typed kubernetes_deployment_v1 has no
-# lifecycle.preStop.sleep, and the image has no shell for an exec sleep. kubernetes_manifest
-# needs the cluster's API at plan time (see the gke-two-clusters example's two-step apply).
+# The Deployment is a kubernetes_manifest, so the base's pod template is applied as the
+# YAML says it (the typed kubernetes_deployment_v1 would need every field translated, a
+# second source to keep in step). kubernetes_manifest needs the cluster's API at plan time
+# (see the gke-two-clusters example's two-step apply).
 
 locals {
   base_dir        = "${path.module}/../../../deploy/kubernetes/base"
@@ -22,11 +24,13 @@ locals {
       command      = "/usr/local/bin/strait-egress"
       service_type = "ClusterIP"
       ports        = { "tcp-mysql" = 3306, "tls-mesh" = 15443 }
+      cluster_id   = "client-cluster"
     }
     ingress = {
       command      = "/usr/local/bin/strait-ingress"
       service_type = "LoadBalancer"
       ports        = { "tls-mysql" = 13306 }
+      cluster_id   = "server-cluster"
     }
   }
   role = local.roles[var.role]
@@ -38,10 +42,13 @@ locals {
     "app.kubernetes.io/component" = var.role
   }
   labels = merge(var.labels, local.selector)
+  # The pods also carry Istio's canonical service (the base's CANONICAL_SERVICE env reads it).
+  pod_labels = merge(local.labels, { "service.istio.io/canonical-name" = local.name })
 
   container = merge(local.base_container, {
     image        = var.image
     command      = [local.role.command]
+    env          = concat(local.base_container.env, [{ name = "ISTIO_META_CLUSTER_ID", value = coalesce(var.cluster_id, local.role.cluster_id) }])
     ports        = concat(local.base_container.ports, [for name, port in local.role.ports : { name = name, containerPort = port }])
     volumeMounts = concat(local.base_container.volumeMounts, [for name, path in var.credentials : { name = name, mountPath = path, readOnly = true }])
   })
@@ -104,7 +111,7 @@ resource "kubernetes_manifest" "deployment" {
     spec = merge(local.base_deployment.spec, {
       selector = { matchLabels = local.selector }
       template = {
-        metadata = { labels = local.labels, annotations = local.base_deployment.spec.template.metadata.annotations }
+        metadata = { labels = local.pod_labels, annotations = local.base_deployment.spec.template.metadata.annotations }
         spec     = local.pod
       }
     })
@@ -220,11 +227,15 @@ resource "kubernetes_network_policy_v1" "gateway" {
         }
       }
     }
-    # The admin port: the kubelet's probes and Prometheus.
+    # The base's container ports, health and metrics: the kubelet's probes and Prometheus.
+    # The admin port is on loopback and no rule names it.
     ingress {
-      ports {
-        port     = 15021
-        protocol = "TCP"
+      dynamic "ports" {
+        for_each = local.base_container.ports
+        content {
+          port     = ports.value.containerPort
+          protocol = "TCP"
+        }
       }
     }
   }

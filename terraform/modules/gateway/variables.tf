@@ -19,7 +19,7 @@ variable "image" {
 }
 
 variable "config" {
-  description = "The gateway's strait.toml (ConfigMap key strait.toml): deploy/kubernetes/overlays/*/strait.toml with $SERVICE_URL filled in. Its [admin] address must be 0.0.0.0:15021 and its credential dirs the paths in `credentials`."
+  description = "The gateway's strait.toml (ConfigMap key strait.toml): deploy/kubernetes/overlays/*/strait.toml with $SERVICE_URL filled in. Its [health] and [metrics] addresses must be 0.0.0.0:15021 and 0.0.0.0:15090 (the probes, scrape annotations and NetworkPolicy of deploy/kubernetes/base), its [admin] address on loopback, and its credential dirs the paths in `credentials`."
   type        = string
 }
 
@@ -32,6 +32,12 @@ variable "credential_data" {
   description = "Secret data for each name in `credentials`: tls.crt, tls.key, ca.crt (the pki module's outputs)."
   type        = map(map(string))
   sensitive   = true
+}
+
+variable "cluster_id" {
+  description = "The cluster's ID in the mesh (ISTIO_META_CLUSTER_ID): source_cluster (egress) or destination_cluster (ingress) of Istio's istio_tcp_* metrics. null: the overlays' client-cluster / server-cluster."
+  type        = string
+  default     = null
 }
 
 variable "load_balancer_ip" {

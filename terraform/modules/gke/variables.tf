@@ -55,7 +55,7 @@ variable "nodes_per_zone" {
 }
 
 variable "release_channel" {
-  description = "GKE release channel (REGULAR ships 1.32+, which the native preStop sleep needs)."
+  description = "GKE release channel (REGULAR ships 1.32+, the oldest Kubernetes the manifests are validated against)."
   type        = string
   default     = "REGULAR"
 }

@@ -1,11 +1,8 @@
 # Sourced by the checks in e2e/checks/: installs what a check needs (Debian packages, the
 # pinned Python tools in target/deploy-venv), and gives bounded waits. Every install is
-# idempotent and a failed one stops the check with the command that failed.
+# idempotent and a failed one stops the check with the command that failed. It lives here,
+# outside e2e/checks/, because e2e/test.sh runs every e2e/checks/*.sh as a check.
 set -euo pipefail
-# e2e/test.sh runs every e2e/checks/*.sh, this one too: run on its own it does nothing.
-if [ "${BASH_SOURCE[0]}" = "$0" ]; then
-  exit 0
-fi
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export PATH="$PATH:/usr/sbin:/sbin"
 # Terraform must never phone home for its version check.
