@@ -39,6 +39,12 @@ pub struct ListenerConfig {
     /// How often a relaying connection writes a periodic access-log record, if at all.
     #[serde(with = "humantime_serde")]
     pub access_log_flush_interval: Option<Duration>,
+    /// At a `permissive` listener whose `default_route` is server-first (`mysql`): how
+    /// long a client may stay silent before it is taken as plaintext and served the
+    /// greeting (default applied); `None` everywhere else, where the first byte is waited
+    /// for up to `handshake_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub permissive_detection_window: Option<Duration>,
 }
 
 /// What a listener does with a connection.

@@ -44,6 +44,11 @@ pub struct RawListener {
     /// last record), besides the one at close, and the byte metrics follow.
     #[serde(default, with = "humantime_serde")]
     pub access_log_flush_interval: Option<Duration>,
+    /// At a `permissive` listener whose `default_route` speaks a server-first protocol
+    /// (`mysql`): how long to wait for a client's first byte before taking its silence as
+    /// a plaintext client waiting for the server's greeting (default 50ms).
+    #[serde(default, with = "humantime_serde")]
+    pub permissive_detection_window: Option<Duration>,
 }
 
 /// One `[[route]]` as written.
@@ -237,6 +242,15 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Whether the server speaks first (MySQL's greeting): a client of it sends nothing
+    /// until it has heard the server.
+    pub fn server_first(self) -> bool {
+        match self {
+            Protocol::Mysql => true,
+            Protocol::Tcp | Protocol::Postgres => false,
+        }
+    }
+
     /// Name for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

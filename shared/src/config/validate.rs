@@ -24,6 +24,15 @@ use crate::authz::Pattern;
 /// Upper bound for `max_connections` (far above what one process can hold open).
 const MAX_CONNECTIONS_LIMIT: usize = 1 << 24;
 
+/// How long a permissive listener with a server-first default route waits for a
+/// client's first byte: TLS clients send their ClientHello at once, so silence this long
+/// means a plaintext client waiting for the greeting.
+const DEFAULT_DETECTION_WINDOW: Duration = Duration::from_millis(50);
+
+/// Longest `permissive_detection_window`: every plaintext client waits this long for
+/// its greeting.
+const MAX_DETECTION_WINDOW: Duration = Duration::from_secs(1);
+
 /// The file's entries as written.
 pub(super) struct Raw {
     pub listeners: Vec<Spanned<RawListener>>,
@@ -123,6 +132,7 @@ impl Validator<'_> {
                 None
             }
         };
+        let permissive_detection_window = self.detection_window(raw, &mut at);
         let kind = match &raw.tls {
             None => self.plain(raw, &mut at),
             Some(tls) => self.terminating(raw, tls, &mut at),
@@ -139,7 +149,37 @@ impl Validator<'_> {
             max_connections: raw.max_connections,
             tcp_keepalive: raw.tcp_keepalive,
             access_log_flush_interval: raw.access_log_flush_interval,
+            permissive_detection_window,
         })
+    }
+
+    /// The detection window of a permissive listener whose default route is
+    /// server-first (default applied); refused where it would mean nothing.
+    fn detection_window(&self, raw: &RawListener, at: &mut At<'_, '_>) -> Option<Duration> {
+        let default_route = raw.default_route.as_deref().and_then(|name| self.route_named(name));
+        let applies = raw.tls.is_some() && raw.peer_auth == PeerAuth::Permissive && default_route.is_some_and(|r| r.protocol.server_first());
+        let field = "permissive_detection_window";
+        match (raw.permissive_detection_window, applies) {
+            (None, true) => Some(DEFAULT_DETECTION_WINDOW),
+            (None, false) => None,
+            (Some(window), true) => {
+                if window.is_zero() || window > MAX_DETECTION_WINDOW || window >= raw.handshake_timeout {
+                    at.add(field, format!("must be more than 0, at most {MAX_DETECTION_WINDOW:?} and less than handshake_timeout (every plaintext client waits this long for its greeting)"));
+                }
+                Some(window)
+            }
+            (Some(_), false) => {
+                let why = if raw.tls.is_none() {
+                    "a plain listener never waits for the client's first byte"
+                } else if raw.peer_auth != PeerAuth::Permissive {
+                    "only a peer_auth = \"permissive\" listener tells TLS from plaintext clients"
+                } else {
+                    "the default_route's protocol is not server-first (only protocol = \"mysql\" is): its plaintext clients speak first, so the first byte is waited for up to handshake_timeout"
+                };
+                at.add(field, format!("{why}; remove permissive_detection_window"));
+                None
+            }
+        }
     }
 
     fn plain(&self, raw: &RawListener, at: &mut At<'_, '_>) -> Option<ListenerKind> {
