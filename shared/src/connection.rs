@@ -86,7 +86,7 @@ async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord)
     let connecting = Instant::now();
     let upstream = if route.protocol == Protocol::Tcp {
         authorize(&route, record.sides.identity.as_ref())?;
-        let (upstream, address) = Box::pin(dial.connect()).await?;
+        let (upstream, address) = crate::upstream::unless_client_gone(&downstream, Box::pin(dial.connect())).await?;
         record.sides.upstream = Some(address);
         record.sides.upstream_tls = route.origination.is_some();
         record.sides.upstream_identity = upstream.peer_identity();

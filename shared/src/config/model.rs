@@ -32,7 +32,9 @@ pub struct ListenerConfig {
     pub handshake_timeout: Duration,
     /// Istio's PeerAuthentication mode (always `strict` at plain listeners).
     pub peer_auth: PeerAuth,
-    /// Most connections open at once; beyond it new ones are closed at accept.
+    /// Most connections open at once; beyond it new ones are closed at accept. As
+    /// written, or (when the file sets none) this listener's share of the open-file
+    /// budget at load time ([`crate::fdlimit::default_max_connections`]).
     pub max_connections: usize,
     /// TCP keepalive on accepted client connections.
     pub tcp_keepalive: TcpKeepalive,

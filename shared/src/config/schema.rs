@@ -33,9 +33,9 @@ pub struct RawListener {
     /// Istio's PeerAuthentication mode at a TLS listener.
     #[serde(default)]
     pub peer_auth: PeerAuth,
-    /// Most connections open at once; beyond it new ones are closed at accept.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
+    /// Most connections open at once; beyond it new ones are closed at accept. Without
+    /// it, the listener's share of the open-file budget ([`crate::fdlimit`]).
+    pub max_connections: Option<usize>,
     /// TCP keepalive on accepted client connections.
     #[serde(default)]
     pub tcp_keepalive: TcpKeepalive,
@@ -152,10 +152,6 @@ fn default_connect_timeout() -> Duration {
 
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(3600)
-}
-
-fn default_max_connections() -> usize {
-    16384
 }
 
 /// TCP keepalive and the matching user timeout (Istio's DestinationRule

@@ -47,7 +47,7 @@ pub(super) struct Checked {
 
 /// Checks every entry of `raw` for `role`; `None` when anything was reported.
 pub(super) fn validate(raw: &Raw, role: Role, report: &mut Report<'_>) -> Option<Checked> {
-    let v = Validator { role, raw };
+    let v = Validator { role, raw, default_max_connections: default_max_connections(raw) };
     if raw.listeners.is_empty() {
         report.add(&(0..0), "listener", "no [[listener]] is defined: add one (see config-examples/)");
     }
@@ -87,6 +87,17 @@ impl<'r, 'a> At<'r, 'a> {
 struct Validator<'c> {
     role: Role,
     raw: &'c Raw,
+    /// `max_connections` of the listeners that set none.
+    default_max_connections: usize,
+}
+
+/// Each listener's share of the open-file budget, from the soft limit as it is now (the
+/// binary raised it to the hard limit at start).
+fn default_max_connections(raw: &Raw) -> usize {
+    let explicit: Vec<usize> = raw.listeners.iter().filter_map(|l| l.get_ref().max_connections).collect();
+    let implicit = raw.listeners.len() - explicit.len();
+    // An unreadable limit is taken as the common 1024 default: a small, safe budget.
+    crate::fdlimit::default_max_connections(crate::fdlimit::soft_limit().unwrap_or(1024), &explicit, implicit)
 }
 
 impl Validator<'_> {
@@ -114,7 +125,7 @@ impl Validator<'_> {
     fn listener(&self, i: usize, l: &Spanned<RawListener>, report: &mut Report<'_>) -> Option<ListenerConfig> {
         let raw = l.get_ref();
         let mut at = At::new(report, l.span(), format!("listener[{i}] ({})", raw.name));
-        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&raw.max_connections) {
+        if raw.max_connections.is_some_and(|cap| !(1..=MAX_CONNECTIONS_LIMIT).contains(&cap)) {
             at.add("max_connections", format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"));
         }
         if raw.handshake_timeout.is_zero() {
@@ -146,7 +157,7 @@ impl Validator<'_> {
             kind: kind?,
             handshake_timeout: raw.handshake_timeout,
             peer_auth: raw.peer_auth,
-            max_connections: raw.max_connections,
+            max_connections: raw.max_connections.unwrap_or(self.default_max_connections),
             tcp_keepalive: raw.tcp_keepalive,
             access_log_flush_interval: raw.access_log_flush_interval,
             permissive_detection_window,
