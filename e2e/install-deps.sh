@@ -18,6 +18,8 @@ declare -A need=(
   [tc]=iproute2
   [nft]=nftables
   [prometheus]=prometheus
+  # The fd-budget test runs a gateway under a given open-file limit.
+  [prlimit]=util-linux
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -172,12 +172,27 @@ impl Gateway {
     /// Writes `config` to `dir` and starts the binary; returns once it is ready, which
     /// it says by writing its admin address to `--admin-address-path` (no log scraping).
     pub fn start(role: Role, dir: &Path, config: &str) -> Gateway {
+        Gateway::start_under(&[], role, dir, config)
+    }
+
+    /// [`Gateway::start`] with the binary run by `wrapper` (a program and its arguments
+    /// that then execs it, such as `prlimit --nofile=1024:4096`), so its pid stays the
+    /// gateway's.
+    pub fn start_under(wrapper: &[&str], role: Role, dir: &Path, config: &str) -> Gateway {
         let name = role.binary();
         let config_path = tempfile::Builder::new().prefix(&format!("{name}-")).suffix(".toml").tempfile_in(dir).unwrap().into_temp_path();
         let config_path = config_path.keep().unwrap();
         std::fs::write(&config_path, config).unwrap();
         let ready_file = config_path.with_extension("admin");
-        let mut command = Command::new(binary(name));
+        let mut command = match wrapper.split_first() {
+            None => Command::new(binary(name)),
+            Some((program, args)) => {
+                require(program);
+                let mut command = Command::new(program);
+                command.args(args).arg(binary(name));
+                command
+            }
+        };
         command.arg("--config").arg(&config_path).arg("--log-level").arg("info,strait=debug");
         command.args(["--admin-address", "127.0.0.1:0", "--health-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0"]);
         command.arg("--admin-address-path").arg(&ready_file);

@@ -59,8 +59,9 @@ fn permissive_port_serves_mtls_and_plaintext_strict_refuses_plaintext() {
     served(permissive, SERVICE_HOST, good(), "a TLS client without a certificate on the permissive port");
 
     // A plaintext client that waits for the server to speak first never shows its first
-    // byte: it is closed by the handshake timeout (server-first protocols such as MySQL
-    // cannot use a permissive port, as with Istio).
+    // byte: at a `tcp` default route it is closed by the handshake timeout, as with
+    // Istio (a `mysql` default route greets it instead: see
+    // permissive_mysql_client_gets_its_greeting_at_once).
     let mut silent = TcpStream::connect(("127.0.0.1", permissive)).unwrap();
     let start = Instant::now();
     let closed = closed_by_gateway(&mut silent, Duration::from_secs(8));

@@ -176,6 +176,7 @@ fn run(role: Role, cli: Cli, log: crate::telemetry::LogControl) -> anyhow::Resul
             }
         }
         None => {
+            raise_fd_limit();
             let options = crate::gateway::Options {
                 config_path: config_path()?,
                 role,
@@ -216,6 +217,25 @@ async fn serve(options: crate::gateway::Options, admin_address_path: Option<Path
     shutdown.cancel();
     gateway.stopped().await;
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one before anything opens a socket, and
+/// logs both with the connection budget they give (see [`crate::fdlimit`]).
+fn raise_fd_limit() {
+    use crate::fdlimit::{DEFAULT_CAP, HEADROOM, PER_CONNECTION};
+    match crate::fdlimit::raise_to_hard() {
+        Ok(limit) => {
+            let budget = limit.soft.saturating_sub(HEADROOM) / PER_CONNECTION;
+            tracing::info!(
+                soft_before = limit.before,
+                soft = limit.soft,
+                hard = limit.hard,
+                connection_budget = budget,
+                "open-file limit: soft raised to the hard limit; listeners without max_connections share (soft - {HEADROOM}) / {PER_CONNECTION} = {budget} connections (each at most {DEFAULT_CAP})"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit: the default max_connections comes from the limit as it is"),
+    }
 }
 
 /// Writes `text` so that a reader sees the whole file or none (write, then rename).

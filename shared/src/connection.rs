@@ -86,7 +86,7 @@ async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord)
     let connecting = Instant::now();
     let upstream = if route.protocol == Protocol::Tcp {
         authorize(&route, record.sides.identity.as_ref())?;
-        let (upstream, address) = Box::pin(dial.connect()).await?;
+        let (upstream, address) = crate::upstream::unless_client_gone(&downstream, Box::pin(dial.connect())).await?;
         record.sides.upstream = Some(address);
         record.sides.upstream_tls = route.origination.is_some();
         record.sides.upstream_identity = upstream.peer_identity();
@@ -160,7 +160,7 @@ async fn accept(tcp: TcpStream, routing: &TlsRouting, record: &mut ConnectionRec
     let plaintext = match routing.peer_auth {
         PeerAuth::Strict => false,
         PeerAuth::Disable => true,
-        PeerAuth::Permissive => !starts_with_tls(&tcp, deadline, routing.handshake_timeout).await?,
+        PeerAuth::Permissive => !starts_with_tls(&tcp, deadline, routing.detection_window, routing.handshake_timeout).await?,
     };
     if plaintext {
         let entry = routing.default.as_ref().ok_or(ConnError::PlaintextWithoutRoute)?;
@@ -175,9 +175,18 @@ pub fn looks_like_tls(first: &[u8]) -> bool {
 }
 
 /// Peeks (without consuming) until the first byte shows whether the client speaks TLS.
-async fn starts_with_tls(tcp: &TcpStream, deadline: tokio::time::Instant, limit: Duration) -> Result<bool, ConnError> {
+///
+/// With a detection `window` (a permissive listener whose default route is
+/// server-first, such as MySQL), a client still silent when the window ends is taken as
+/// plaintext: it is waiting for the server's greeting, which the default route's
+/// negotiation then sends at once, where Istio's permissive mode would wait it out. TLS
+/// clients send their ClientHello on connect, well inside the window. Without a window
+/// (a `tcp` or client-first default route) the first byte is waited for up to `limit`.
+async fn starts_with_tls(tcp: &TcpStream, deadline: tokio::time::Instant, window: Option<Duration>, limit: Duration) -> Result<bool, ConnError> {
     let mut first = [0u8; 1];
-    match timeout_at(deadline, tcp.peek(&mut first)).await {
+    let until = window.map_or(deadline, |window| deadline.min(tokio::time::Instant::now() + window));
+    match timeout_at(until, tcp.peek(&mut first)).await {
+        Err(_) if window.is_some() => Ok(false),
         Err(_) => Err(ConnError::NoFirstByte(limit)),
         Ok(Err(e)) => Err(ConnError::FirstByte(e)),
         Ok(Ok(0)) => Err(ConnError::ClosedBeforeFirstByte),
@@ -210,4 +219,72 @@ async fn accept_tls(
     record.sides.identity = tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(Identity::from_cert);
     record.sides.downstream_tls = true;
     Ok((Either::Right(tls.into()), entry.route.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A loopback connection: the client end and the accepted end.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        (client, accepted)
+    }
+
+    async fn decide(first: Option<&[u8]>, window: Option<Duration>, limit: Duration) -> Result<bool, ConnError> {
+        let (mut client, accepted) = pair().await;
+        if let Some(bytes) = first {
+            client.write_all(bytes).await.unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        let verdict = starts_with_tls(&accepted, deadline, window, limit).await;
+        if let Some(bytes) = first {
+            // Peeked, never consumed: the bytes are still there for the next stage.
+            let mut kept = vec![0u8; bytes.len()];
+            let peeked = accepted.peek(&mut kept).await.unwrap();
+            assert_eq!(&kept[..peeked], &bytes[..peeked]);
+        }
+        drop(client);
+        verdict
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_plaintext_only_with_a_detection_window() {
+        let window = Some(Duration::from_millis(20));
+        let limit = Duration::from_secs(5);
+        let started = Instant::now();
+        assert!(!decide(None, window, limit).await.unwrap(), "silence within the window is plaintext");
+        assert!(started.elapsed() < Duration::from_secs(2), "waited {:?}, not the window", started.elapsed());
+        // The window decides only silence: bytes decide as without it.
+        assert!(decide(Some(&[TLS_HANDSHAKE_RECORD, 3, 1]), window, limit).await.unwrap());
+        assert!(!decide(Some(b"GET / HTTP/1.1\r\n"), window, limit).await.unwrap());
+        // Without a window (a tcp default route), silence is waited out and refused.
+        let short = Duration::from_millis(50);
+        assert!(matches!(decide(None, None, short).await, Err(ConnError::NoFirstByte(d)) if d == short));
+        assert!(decide(Some(&[TLS_HANDSHAKE_RECORD]), None, limit).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_at_once_is_refused_with_or_without_window() {
+        for window in [None, Some(Duration::from_millis(200))] {
+            let (client, accepted) = pair().await;
+            drop(client);
+            let verdict = starts_with_tls(&accepted, tokio::time::Instant::now() + Duration::from_secs(5), window, Duration::from_secs(5)).await;
+            assert!(matches!(verdict, Err(ConnError::ClosedBeforeFirstByte)), "{window:?}: {verdict:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_window_never_outlasts_the_handshake_deadline() {
+        let (_client, accepted) = pair().await;
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(30);
+        let verdict = starts_with_tls(&accepted, deadline, Some(Duration::from_secs(30)), Duration::from_millis(30)).await;
+        assert!(matches!(verdict, Ok(false)), "{verdict:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
 }

@@ -316,6 +316,10 @@ pub enum ConnError {
     /// Still open when the drain ended.
     #[error("cut by the drain: still open when drain_timeout ({0:?}) ran out")]
     Drained(Duration),
+    /// The client closed while its upstream was still being set up; the set-up was
+    /// abandoned then, not run on to its timeout.
+    #[error("the client closed while the upstream was being set up: set-up abandoned")]
+    ClientGone,
     /// The process stopped under the connection (its task was dropped unfinished).
     #[error("the gateway stopped before the connection ended")]
     Abandoned,
@@ -366,6 +370,9 @@ impl ConnError {
         let refused = |refusal| Class { outcome: Outcome::Refused, refusal: Some(refusal), level: Level::WARN };
         match self {
             ConnError::ListenerRemoved => refused(Refusal::ListenerRemoved),
+            // A client giving up (a flood ending, an impatient client) is no operator's
+            // problem.
+            ConnError::ClientGone => Class { outcome: Outcome::Refused, refusal: Some(Refusal::ClientClosed), level: Level::INFO },
             ConnError::NoFirstByte(_) | ConnError::HandshakeTimeout(_) | ConnError::NegotiationTimeout { .. } => refused(Refusal::Timeout),
             ConnError::ClosedBeforeFirstByte | ConnError::FirstByte(_) | ConnError::LoginRefused(_) => refused(Refusal::Other),
             ConnError::PlaintextWithoutRoute | ConnError::ClientNotTls => refused(Refusal::Plaintext),
@@ -424,6 +431,8 @@ mod tests {
         assert_eq!(dns.classify().outcome, Outcome::UpstreamFailed);
         assert_eq!(ConnError::Drained(Duration::from_secs(1)).classify().outcome, Outcome::Drained);
         assert_eq!(ConnError::ClientNotTls.classify().refusal, Some(Refusal::Plaintext));
+        let gone = ConnError::ClientGone.classify();
+        assert_eq!((gone.outcome, gone.refusal, gone.level), (Outcome::Refused, Some(Refusal::ClientClosed), tracing::Level::INFO));
     }
 
     #[test]

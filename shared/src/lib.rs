@@ -16,6 +16,7 @@ pub mod config;
 pub mod connection;
 pub mod diagnose;
 pub mod error;
+pub mod fdlimit;
 pub mod gateway;
 pub mod identity;
 pub mod listener;

@@ -105,6 +105,9 @@ pub struct TlsRouting {
     pub handshake_timeout: Duration,
     /// Whether plaintext is accepted too (it takes `default`).
     pub peer_auth: PeerAuth,
+    /// Permissive listeners whose default route is server-first: a client silent this
+    /// long is plaintext, waiting for the greeting.
+    pub detection_window: Option<Duration>,
 }
 
 impl TlsRouting {
@@ -361,7 +364,14 @@ fn build_tls_routing(
             }
         },
     };
-    TlsRouting { by_sni, default, refuse: tls::refusing_server_config(), handshake_timeout: listener.handshake_timeout, peer_auth: listener.peer_auth }
+    TlsRouting {
+        by_sni,
+        default,
+        refuse: tls::refusing_server_config(),
+        handshake_timeout: listener.handshake_timeout,
+        peer_auth: listener.peer_auth,
+        detection_window: listener.permissive_detection_window,
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Connecting a route to its upstream: resolve, TCP connect with fall-through, and
 //! TLS origination.
 
+use std::future::Future;
 use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
@@ -8,11 +9,23 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 
-use crate::error::{ConnectFailure, UpstreamError};
+use crate::error::{ConnError, ConnectFailure, UpstreamError};
 use crate::resolve::{ResolveError, Resolver};
 use crate::route::Route;
 
 pub use crate::stream::Stream;
+
+/// Runs an upstream set-up (DNS, connect, origination handshake, a database's greeting)
+/// unless a plain TCP client closes first: then the set-up is dropped at once with
+/// [`ConnError::ClientGone`] instead of holding its sockets until a timeout. A client
+/// inside TLS is not watched (its socket's readiness is TLS's business).
+pub async fn unless_client_gone<T, E: Into<ConnError>>(client: &Stream, setup: impl Future<Output = Result<T, E>>) -> Result<T, ConnError> {
+    let Either::Left(tcp) = client else { return setup.await.map_err(Into::into) };
+    tokio::select! {
+        done = setup => done.map_err(Into::into),
+        () = crate::socket::peer_closed(tcp) => Err(ConnError::ClientGone),
+    }
+}
 
 /// How a connection reaches its route's upstream: what the pipeline hands a database
 /// negotiation so that it can connect and originate at the moment its protocol says,

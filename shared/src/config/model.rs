@@ -32,13 +32,21 @@ pub struct ListenerConfig {
     pub handshake_timeout: Duration,
     /// Istio's PeerAuthentication mode (always `strict` at plain listeners).
     pub peer_auth: PeerAuth,
-    /// Most connections open at once; beyond it new ones are closed at accept.
+    /// Most connections open at once; beyond it new ones are closed at accept. As
+    /// written, or (when the file sets none) this listener's share of the open-file
+    /// budget at load time ([`crate::fdlimit::default_max_connections`]).
     pub max_connections: usize,
     /// TCP keepalive on accepted client connections.
     pub tcp_keepalive: TcpKeepalive,
     /// How often a relaying connection writes a periodic access-log record, if at all.
     #[serde(with = "humantime_serde")]
     pub access_log_flush_interval: Option<Duration>,
+    /// At a `permissive` listener whose `default_route` is server-first (`mysql`): how
+    /// long a client may stay silent before it is taken as plaintext and served the
+    /// greeting (default applied); `None` everywhere else, where the first byte is waited
+    /// for up to `handshake_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub permissive_detection_window: Option<Duration>,
 }
 
 /// What a listener does with a connection.

@@ -33,9 +33,9 @@ pub struct RawListener {
     /// Istio's PeerAuthentication mode at a TLS listener.
     #[serde(default)]
     pub peer_auth: PeerAuth,
-    /// Most connections open at once; beyond it new ones are closed at accept.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
+    /// Most connections open at once; beyond it new ones are closed at accept. Without
+    /// it, the listener's share of the open-file budget ([`crate::fdlimit`]).
+    pub max_connections: Option<usize>,
     /// TCP keepalive on accepted client connections.
     #[serde(default)]
     pub tcp_keepalive: TcpKeepalive,
@@ -44,6 +44,11 @@ pub struct RawListener {
     /// last record), besides the one at close, and the byte metrics follow.
     #[serde(default, with = "humantime_serde")]
     pub access_log_flush_interval: Option<Duration>,
+    /// At a `permissive` listener whose `default_route` speaks a server-first protocol
+    /// (`mysql`): how long to wait for a client's first byte before taking its silence as
+    /// a plaintext client waiting for the server's greeting (default 50ms).
+    #[serde(default, with = "humantime_serde")]
+    pub permissive_detection_window: Option<Duration>,
 }
 
 /// One `[[route]]` as written.
@@ -149,10 +154,6 @@ fn default_idle_timeout() -> Duration {
     Duration::from_secs(3600)
 }
 
-fn default_max_connections() -> usize {
-    16384
-}
-
 /// TCP keepalive and the matching user timeout (Istio's DestinationRule
 /// `connectionPool.tcp.tcpKeepalive`): finds a peer that vanished without a FIN (a
 /// partitioned network, a node that died, a NAT that forgot the flow) within
@@ -237,6 +238,15 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Whether the server speaks first (MySQL's greeting): a client of it sends nothing
+    /// until it has heard the server.
+    pub fn server_first(self) -> bool {
+        match self {
+            Protocol::Mysql => true,
+            Protocol::Tcp | Protocol::Postgres => false,
+        }
+    }
+
     /// Name for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

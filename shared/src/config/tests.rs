@@ -360,3 +360,28 @@ fn health_and_metrics_tables_may_leave_out_either_field() {
     let e = parse(Role::Egress, &format!("{EGRESS}\n[metrics]\nport = 1\n")).unwrap_err().to_string();
     assert!(e.contains("unknown field `port`"), "{e}");
 }
+
+#[test]
+fn a_permissive_mysql_default_route_gets_a_detection_window_and_only_it_may_set_one() {
+    let permissive = EGRESS.replace("dir = \"/certs/mesh\" }", "dir = \"/certs/mesh\" }\npeer_auth = \"permissive\"\ndefault_route = \"mysql\"");
+    let as_mysql = permissive.replace("upstream = \"db.example.com:13306\"", "upstream = \"db.example.com:13306\"\nprotocol = \"mysql\"");
+    let window = |c: &Config| c.listeners[0].get_ref().permissive_detection_window;
+    assert_eq!(window(&parse(Role::Egress, &as_mysql).unwrap()), Some(Duration::from_millis(50)));
+    assert_eq!(window(&parse(Role::Egress, &permissive).unwrap()), None, "a tcp default route waits for the first byte");
+    let set =
+        |text: &str, value: &str| text.replace("peer_auth = \"permissive\"", &format!("peer_auth = \"permissive\"\npermissive_detection_window = \"{value}\""));
+    let dumped = serde_json::to_value(parse(Role::Egress, &set(&as_mysql, "20ms")).unwrap()).unwrap();
+    assert_eq!(dumped["listener"][0]["permissive_detection_window"], "20ms");
+
+    let found = findings(Role::Egress, &set(&permissive, "20ms"));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].contains("listener[0] (mesh).permissive_detection_window: the default_route's protocol is not server-first"), "{}", found[0]);
+    let strict = set(&as_mysql, "20ms").replace("peer_auth = \"permissive\"", "peer_auth = \"strict\"");
+    assert!(findings(Role::Egress, &strict)[0].contains("only a peer_auth = \"permissive\" listener"));
+    let plain = EGRESS.replace("route = \"mysql\"", "route = \"mysql\"\npermissive_detection_window = \"20ms\"");
+    assert!(findings(Role::Egress, &plain)[0].contains("listener[1] (mysql).permissive_detection_window: a plain listener never waits"));
+    for bad in ["0s", "2s", "10s"] {
+        let found = findings(Role::Egress, &set(&as_mysql, bad));
+        assert!(found[0].contains("permissive_detection_window: must be more than 0, at most 1s and less than handshake_timeout"), "{bad}: {found:#?}");
+    }
+}

@@ -24,6 +24,15 @@ use crate::authz::Pattern;
 /// Upper bound for `max_connections` (far above what one process can hold open).
 const MAX_CONNECTIONS_LIMIT: usize = 1 << 24;
 
+/// How long a permissive listener with a server-first default route waits for a
+/// client's first byte: TLS clients send their ClientHello at once, so silence this long
+/// means a plaintext client waiting for the greeting.
+const DEFAULT_DETECTION_WINDOW: Duration = Duration::from_millis(50);
+
+/// Longest `permissive_detection_window`: every plaintext client waits this long for
+/// its greeting.
+const MAX_DETECTION_WINDOW: Duration = Duration::from_secs(1);
+
 /// The file's entries as written.
 pub(super) struct Raw {
     pub listeners: Vec<Spanned<RawListener>>,
@@ -38,7 +47,7 @@ pub(super) struct Checked {
 
 /// Checks every entry of `raw` for `role`; `None` when anything was reported.
 pub(super) fn validate(raw: &Raw, role: Role, report: &mut Report<'_>) -> Option<Checked> {
-    let v = Validator { role, raw };
+    let v = Validator { role, raw, default_max_connections: default_max_connections(raw) };
     if raw.listeners.is_empty() {
         report.add(&(0..0), "listener", "no [[listener]] is defined: add one (see config-examples/)");
     }
@@ -78,6 +87,17 @@ impl<'r, 'a> At<'r, 'a> {
 struct Validator<'c> {
     role: Role,
     raw: &'c Raw,
+    /// `max_connections` of the listeners that set none.
+    default_max_connections: usize,
+}
+
+/// Each listener's share of the open-file budget, from the soft limit as it is now (the
+/// binary raised it to the hard limit at start).
+fn default_max_connections(raw: &Raw) -> usize {
+    let explicit: Vec<usize> = raw.listeners.iter().filter_map(|l| l.get_ref().max_connections).collect();
+    let implicit = raw.listeners.len() - explicit.len();
+    // An unreadable limit is taken as the common 1024 default: a small, safe budget.
+    crate::fdlimit::default_max_connections(crate::fdlimit::soft_limit().unwrap_or(1024), &explicit, implicit)
 }
 
 impl Validator<'_> {
@@ -105,7 +125,7 @@ impl Validator<'_> {
     fn listener(&self, i: usize, l: &Spanned<RawListener>, report: &mut Report<'_>) -> Option<ListenerConfig> {
         let raw = l.get_ref();
         let mut at = At::new(report, l.span(), format!("listener[{i}] ({})", raw.name));
-        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&raw.max_connections) {
+        if raw.max_connections.is_some_and(|cap| !(1..=MAX_CONNECTIONS_LIMIT).contains(&cap)) {
             at.add("max_connections", format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"));
         }
         if raw.handshake_timeout.is_zero() {
@@ -123,6 +143,7 @@ impl Validator<'_> {
                 None
             }
         };
+        let permissive_detection_window = self.detection_window(raw, &mut at);
         let kind = match &raw.tls {
             None => self.plain(raw, &mut at),
             Some(tls) => self.terminating(raw, tls, &mut at),
@@ -136,10 +157,40 @@ impl Validator<'_> {
             kind: kind?,
             handshake_timeout: raw.handshake_timeout,
             peer_auth: raw.peer_auth,
-            max_connections: raw.max_connections,
+            max_connections: raw.max_connections.unwrap_or(self.default_max_connections),
             tcp_keepalive: raw.tcp_keepalive,
             access_log_flush_interval: raw.access_log_flush_interval,
+            permissive_detection_window,
         })
+    }
+
+    /// The detection window of a permissive listener whose default route is
+    /// server-first (default applied); refused where it would mean nothing.
+    fn detection_window(&self, raw: &RawListener, at: &mut At<'_, '_>) -> Option<Duration> {
+        let default_route = raw.default_route.as_deref().and_then(|name| self.route_named(name));
+        let applies = raw.tls.is_some() && raw.peer_auth == PeerAuth::Permissive && default_route.is_some_and(|r| r.protocol.server_first());
+        let field = "permissive_detection_window";
+        match (raw.permissive_detection_window, applies) {
+            (None, true) => Some(DEFAULT_DETECTION_WINDOW),
+            (None, false) => None,
+            (Some(window), true) => {
+                if window.is_zero() || window > MAX_DETECTION_WINDOW || window >= raw.handshake_timeout {
+                    at.add(field, format!("must be more than 0, at most {MAX_DETECTION_WINDOW:?} and less than handshake_timeout (every plaintext client waits this long for its greeting)"));
+                }
+                Some(window)
+            }
+            (Some(_), false) => {
+                let why = if raw.tls.is_none() {
+                    "a plain listener never waits for the client's first byte"
+                } else if raw.peer_auth != PeerAuth::Permissive {
+                    "only a peer_auth = \"permissive\" listener tells TLS from plaintext clients"
+                } else {
+                    "the default_route's protocol is not server-first (only protocol = \"mysql\" is): its plaintext clients speak first, so the first byte is waited for up to handshake_timeout"
+                };
+                at.add(field, format!("{why}; remove permissive_detection_window"));
+                None
+            }
+        }
     }
 
     fn plain(&self, raw: &RawListener, at: &mut At<'_, '_>) -> Option<ListenerKind> {

@@ -103,7 +103,7 @@ impl Gateway {
             Routing::Plain(route) => format!("plain -> route {}", route.name),
             Routing::Tls(t) => format!("tls, {} SNI hosts", t.by_sni.len()),
         };
-        tracing::info!(listener = %plan.name, %address, %kind, "listening");
+        tracing::info!(listener = %plan.name, %address, %kind, max_connections = plan.max_connections, "listening");
         let stop = self.stop_accepting.child_token();
         let limit = Arc::new(ConnectionLimit::new(plan.max_connections));
         let accept = AcceptLoop {

@@ -17,7 +17,7 @@ use super::{accept_client_tls, authorize, client_side, connect, originate, MAX_N
 use crate::access_log::Sides;
 use crate::config::SslMode;
 use crate::error::ConnError;
-use crate::upstream::{Dialer, Stream};
+use crate::upstream::{unless_client_gone, Dialer, Stream};
 
 /// Capability flag: the peer can switch to TLS.
 pub const CLIENT_SSL: u32 = 0x0000_0800;
@@ -248,14 +248,17 @@ pub async fn negotiate(downstream: Stream, dial: &Dialer<'_>, sides: &mut Sides)
     let route = dial.route;
     let client_mode = client_side(route, &downstream);
     let mut client = PacketStream::new(downstream);
-    let (tcp, addr) = match connect(dial, sides).await {
+    // Until the greeting is passed on, the client is silent: its close is seen at once.
+    let (tcp, addr) = match unless_client_gone(&client.stream, connect(dial, sides)).await {
         Ok(connected) => connected,
+        Err(ConnError::ClientGone) => return Err(ConnError::ClientGone),
         Err(outcome) => return Err(refuse(&mut client, 0, ER_HANDSHAKE_ERROR, outcome).await),
     };
     let mut server = PacketStream::new(Either::Left(tcp));
-    let hello = match server.read("server").await {
+    let hello = match unless_client_gone(&client.stream, async { server.read("server").await.map_err(ConnError::upstream) }).await {
         Ok(hello) => hello,
-        Err(e) => return Err(refuse(&mut client, 0, ER_HANDSHAKE_ERROR, ConnError::upstream(e)).await),
+        Err(ConnError::ClientGone) => return Err(ConnError::ClientGone),
+        Err(outcome) => return Err(refuse(&mut client, 0, ER_HANDSHAKE_ERROR, outcome).await),
     };
     let greeting = match parse_greeting(&hello.payload) {
         Ok(g) => g,

@@ -15,7 +15,7 @@ use super::{accept_client_tls, authorize, client_side, connect, nothing_pending,
 use crate::access_log::Sides;
 use crate::config::SslMode;
 use crate::error::ConnError;
-use crate::upstream::{Dialer, Stream};
+use crate::upstream::{unless_client_gone, Dialer, Stream};
 
 /// SSLRequest's code (1234 << 16 | 5679).
 pub const SSL_REQUEST: u32 = 80_877_103;
@@ -138,8 +138,9 @@ pub async fn negotiate(downstream: Stream, dial: &Dialer<'_>, sides: &mut Sides)
         Startup::Cancel(message) => message,
         other => return Err(refuse(&mut client, "08P01", ConnError::client(format!("unexpected {other:?} after the TLS negotiation"))).await),
     };
-    let mut server = match connect_server(dial, sides).await {
+    let mut server = match unless_client_gone(&client, connect_server(dial, sides)).await {
         Ok(server) => server,
+        Err(ConnError::ClientGone) => return Err(ConnError::ClientGone),
         Err(outcome) => return Err(refuse(&mut client, "08006", outcome).await),
     };
     server.write_all(&message).await.map_err(|e| ConnError::upstream(format!("server write: {e}")))?;
