@@ -334,11 +334,23 @@ impl MariaDb {
 /// settings, say); returns (port, socket, process) once the port accepts. [`MariaDb`]
 /// and [`databases::TlsMariaDb`] differ only in `extra`.
 pub(crate) fn start_mariadbd(dir: &Path, extra: &[String]) -> (u16, PathBuf, Proc) {
+    // mariadbd takes its port on the command line (`--port=0` means its default, 3306).
+    let port = free_port();
+    let (mut command, socket) = mariadbd_command(Command::new("mariadbd"), dir, port);
+    command.args(extra);
+    let proc = Proc::spawn(command, dir.join("mariadbd.log"));
+    wait_for_port(port, Duration::from_secs(30));
+    (port, socket, proc)
+}
+
+/// Initialises a MariaDB data directory in `dir` (with its own tmpdir: parallel installs
+/// must not share /tmp's temp tables) and returns `mariadbd` (`program`, so a caller can
+/// run it inside a network namespace) set up on it: user root, loopback, `port`, the
+/// unix socket `dir/mysqld.sock` (also returned), no binary log, a small buffer pool.
+pub(crate) fn mariadbd_command(mut program: Command, dir: &Path, port: u16) -> (Command, PathBuf) {
     require("mariadbd");
     require("mariadb-install-db");
-    let data = dir.join("data");
-    // Its own temporary directory: parallel installs must not share /tmp's temp tables.
-    let tmp = dir.join("tmp");
+    let (data, tmp) = (dir.join("data"), dir.join("tmp"));
     std::fs::create_dir_all(&tmp).unwrap();
     let install = Command::new("mariadb-install-db")
         .args(["--no-defaults", "--auth-root-authentication-method=socket", "--skip-test-db", "--user=root"])
@@ -347,22 +359,16 @@ pub(crate) fn start_mariadbd(dir: &Path, extra: &[String]) -> (u16, PathBuf, Pro
         .output()
         .unwrap();
     assert!(install.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&install.stderr));
-    // mariadbd takes its port on the command line (`--port=0` means its default, 3306).
-    let port = free_port();
     let socket = dir.join("mysqld.sock");
-    let mut command = Command::new("mariadbd");
-    command
+    program
         .arg("--no-defaults")
         .arg(format!("--datadir={}", data.display()))
         .arg(format!("--tmpdir={}", tmp.display()))
         .arg(format!("--socket={}", socket.display()))
         .arg(format!("--pid-file={}", dir.join("pid").display()))
         .arg(format!("--port={port}"))
-        .args(["--bind-address=127.0.0.1", "--user=root", "--skip-log-bin", "--skip-name-resolve", "--innodb-buffer-pool-size=16M"])
-        .args(extra);
-    let proc = Proc::spawn(command, dir.join("mariadbd.log"));
-    wait_for_port(port, Duration::from_secs(30));
-    (port, socket, proc)
+        .args(["--bind-address=127.0.0.1", "--user=root", "--skip-log-bin", "--skip-name-resolve", "--innodb-buffer-pool-size=16M"]);
+    (program, socket)
 }
 
 /// Runs SQL with the real `mariadb` client over plain TCP (no TLS: the gateway pair

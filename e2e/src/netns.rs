@@ -324,30 +324,8 @@ impl ClusterMariaDb {
     /// Initialises a data directory and starts `mariadbd` in `cluster`, with the
     /// fixture's flags (`start_mariadbd`).
     pub fn start(cluster: &Cluster) -> ClusterMariaDb {
-        require("mariadbd");
-        require("mariadb-install-db");
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        // Its own tmpdir: temporary tables never meet other tests' files in /tmp.
-        let tmp = dir.path().join("tmp");
-        std::fs::create_dir(&tmp).unwrap();
-        let install = Command::new("mariadb-install-db")
-            .args(["--no-defaults", "--auth-root-authentication-method=socket", "--skip-test-db", "--user=root"])
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--tmpdir={}", tmp.display()))
-            .output()
-            .unwrap();
-        assert!(install.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&install.stderr));
-        let socket = dir.path().join("mysqld.sock");
-        let mut command = cluster.command("mariadbd");
-        command
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--tmpdir={}", tmp.display()))
-            .arg(format!("--socket={}", socket.display()))
-            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-            .arg(format!("--port={MYSQL_PORT}"))
-            .args(["--bind-address=127.0.0.1", "--user=root", "--skip-log-bin", "--skip-name-resolve", "--innodb-buffer-pool-size=16M"]);
+        let (command, socket) = crate::mariadbd_command(cluster.command("mariadbd"), dir.path(), MYSQL_PORT);
         let proc = Proc::spawn(command, dir.path().join("mariadbd.log"));
         let log = proc.log.clone();
         cluster.wait_for_port(SocketAddr::from(([127, 0, 0, 1], MYSQL_PORT)), Duration::from_secs(30), || std::fs::read_to_string(&log).unwrap_or_default());
