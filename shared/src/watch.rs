@@ -13,8 +13,22 @@ use std::sync::{Arc, Mutex};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-/// Watches a set of directories; each change sends one wake-up (coalesced: a burst of
-/// events leaves at most one pending).
+/// What a file event means for the reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A watched file changed in place or a Secret update is under way: more may follow
+    /// (a certificate written before its key), so the reload waits for the burst to settle.
+    Settling,
+    /// The kubelet swapped a Secret's `..data` symlink: the update is complete and
+    /// consistent, so the reload runs at once.
+    Committed,
+}
+
+/// The name of the symlink the kubelet swaps, last, to publish a Secret update.
+const KUBELET_COMMIT: &str = "..data";
+
+/// Watches a set of directories; each relevant event sends a [`Change`] (dropped when
+/// many are already pending: the reload reads the files, not the events).
 pub struct FileWatcher {
     watcher: RecommendedWatcher,
     watched: BTreeSet<PathBuf>,
@@ -25,7 +39,7 @@ pub struct FileWatcher {
 
 impl FileWatcher {
     /// A watcher that wakes `changes` on every relevant event in a watched directory.
-    pub fn new(changes: mpsc::Sender<()>) -> notify::Result<FileWatcher> {
+    pub fn new(changes: mpsc::Sender<Change>) -> notify::Result<FileWatcher> {
         let names: Arc<Mutex<HashSet<OsString>>> = Arc::default();
         let wanted = names.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -39,7 +53,7 @@ impl FileWatcher {
                 wanted.contains(name) || name.to_string_lossy().starts_with("..")
             });
             if relevant {
-                let _ = changes.try_send(());
+                let _ = changes.try_send(classify(&event));
             }
         })?;
         Ok(FileWatcher { watcher, watched: BTreeSet::new(), names })
@@ -70,6 +84,20 @@ impl FileWatcher {
     }
 }
 
+/// A rename onto (or creation of) `..data` is the kubelet's commit; anything else may be
+/// the first of several writes.
+fn classify(event: &notify::Event) -> Change {
+    use notify::event::{EventKind, ModifyKind, RenameMode};
+    let lands = matches!(event.kind, EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both | RenameMode::Any)));
+    // A paired rename lists the old name first and the new one last.
+    let name = event.paths.last().and_then(|p| p.file_name());
+    if lands && name.is_some_and(|n| n == KUBELET_COMMIT) {
+        Change::Committed
+    } else {
+        Change::Settling
+    }
+}
+
 fn parent_dir(file: &Path) -> PathBuf {
     match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -86,4 +114,48 @@ pub fn fingerprint(files: &[PathBuf]) -> u64 {
         std::fs::read(file).ok().hash(&mut hasher);
     }
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use std::time::Duration;
+
+    async fn next(changes: &mut mpsc::Receiver<Change>) -> Change {
+        tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.expect("a file event within 5 s").expect("watcher alive")
+    }
+
+    #[tokio::test]
+    async fn a_kubelet_swap_commits_and_an_in_place_write_settles() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("..2026_12_01_12_00_00.1");
+        std::fs::create_dir(&first).unwrap();
+        std::fs::write(first.join("tls.crt"), "one").unwrap();
+        symlink(&first, dir.path().join("..data")).unwrap();
+        symlink("..data/tls.crt", dir.path().join("tls.crt")).unwrap();
+        let plain = dir.path().join("ca.crt");
+        std::fs::write(&plain, "ca").unwrap();
+
+        let (tx, mut changes) = mpsc::channel(64);
+        let mut watcher = FileWatcher::new(tx).unwrap();
+        watcher.watch_files(&[dir.path().join("tls.crt"), plain.clone()]);
+
+        // The kubelet's update: a new timestamped directory, `..data_tmp` pointing at
+        // it, renamed over `..data`. Only the rename commits.
+        let second = dir.path().join("..2026_12_01_12_00_01.2");
+        std::fs::create_dir(&second).unwrap();
+        std::fs::write(second.join("tls.crt"), "two").unwrap();
+        symlink(&second, dir.path().join("..data_tmp")).unwrap();
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+        let mut seen = Vec::new();
+        while !seen.contains(&Change::Committed) {
+            seen.push(next(&mut changes).await);
+        }
+        assert!(seen[..seen.len() - 1].iter().all(|c| *c == Change::Settling), "only the rename commits: {seen:?}");
+        while changes.try_recv().is_ok() {}
+
+        std::fs::write(&plain, "ca, rewritten in place").unwrap();
+        assert_eq!(next(&mut changes).await, Change::Settling, "an in-place write may be half of an update");
+    }
 }

@@ -36,10 +36,14 @@ use crate::otel::Otel;
 use crate::resolve::Resolver;
 use crate::route::RouteTable;
 use crate::telemetry::LogControl;
-use crate::watch::{self, FileWatcher};
+use crate::watch::{self, Change, FileWatcher};
 
-/// How long a burst of file events is allowed to settle before reloading.
+/// How long a burst of in-place file writes is allowed to settle before reloading (a
+/// kubelet `..data` swap does not wait: it is complete when it lands).
 const SETTLE: Duration = Duration::from_millis(300);
+
+/// Events queued before the gateway reads them; more are dropped (one pending is enough).
+const PENDING_CHANGES: usize = 16;
 
 /// How long cut connections get to write their records after the drain ran out.
 const CUT_GRACE: Duration = Duration::from_secs(5);
@@ -152,7 +156,7 @@ impl Handle {
 /// Starts a gateway: loads and binds everything, starts the admin port, marks it ready.
 /// It runs until `shutdown` is cancelled, then drains.
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Handle, StartError> {
-    let (changes_tx, changes) = mpsc::channel(1);
+    let (changes_tx, changes) = mpsc::channel(PENDING_CHANGES);
     let (reloads_tx, reloads) = mpsc::channel(1);
     let mut gateway = Gateway::start(&options, changes_tx).await?;
     let ports = gateway.http_ports.clone();
@@ -251,7 +255,7 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start(options: &Options, changes: mpsc::Sender<()>) -> Result<Gateway, StartError> {
+    async fn start(options: &Options, changes: mpsc::Sender<Change>) -> Result<Gateway, StartError> {
         let role = options.role;
         let config = Config::load(&options.config_path, role)?;
         let otel = match &config.telemetry.otlp_endpoint {
@@ -314,7 +318,7 @@ impl Gateway {
     async fn serve(
         mut self,
         shutdown: CancellationToken,
-        mut changes: mpsc::Receiver<()>,
+        mut changes: mpsc::Receiver<Change>,
         mut reloads: mpsc::Receiver<(&'static str, oneshot::Sender<Result<(), String>>)>,
     ) {
         loop {
@@ -324,9 +328,10 @@ impl Gateway {
                     let result = self.reload(trigger).await;
                     let _ = done.send(result);
                 }
-                Some(()) = changes.recv() => {
-                    // Let the rest of a Secret update (several files, a symlink swap) land.
-                    tokio::time::sleep(SETTLE).await;
+                Some(change) = changes.recv() => {
+                    if change == Change::Settling {
+                        settle(&mut changes).await;
+                    }
                     while changes.try_recv().is_ok() {}
                     let _ = self.reload("file change").await;
                 }
@@ -372,4 +377,18 @@ impl Gateway {
             otel.shutdown();
         }
     }
+}
+
+/// Waits for the rest of an in-place update to land: [`SETTLE`] at most, or until a
+/// kubelet commit arrives, which needs no more waiting.
+async fn settle(changes: &mut mpsc::Receiver<Change>) {
+    let committed = async {
+        while let Some(change) = changes.recv().await {
+            if change == Change::Committed {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    let _ = tokio::time::timeout(SETTLE, committed).await;
 }
