@@ -35,8 +35,8 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 pub struct Context {
     /// The current routing state; replaced whole on reload.
     pub table: ArcSwap<RouteTable>,
-    /// Upstream name resolution.
-    pub resolver: Resolver,
+    /// Upstream name resolution (shared with the health checks).
+    pub resolver: Arc<Resolver>,
     /// Which binary this is (labels metrics `outbound` or `inbound`).
     pub role: Role,
     /// Metrics and span export for the connection records.

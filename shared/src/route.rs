@@ -20,6 +20,7 @@ use serde_spanned::Spanned;
 use crate::authz::AllowList;
 use crate::config::{CertKey, Config, ConfigError, Finding, ListenerConfig, ListenerKind, ListenerTls, RouteConfig, TlsMode, TlsPolicy};
 use crate::config::{PeerAuth, Protocol, SslMode, TcpKeepalive};
+use crate::endpoints::{EndpointSet, Registry};
 use crate::tls;
 
 /// One destination, ready to connect to.
@@ -47,6 +48,8 @@ pub struct Route {
     pub keepalive: TcpKeepalive,
     /// Round-robin cursor over the resolved addresses.
     next_address: AtomicUsize,
+    /// The endpoints to connect to, with priorities, weights and address health.
+    pub endpoints: EndpointSet,
 }
 
 /// Client-side TLS inside a database protocol.
@@ -154,7 +157,13 @@ impl RouteTable {
     /// be used is reported at the config entry and field that named it, and every such
     /// file is reported, not only the first.
     pub fn build(config: &Config) -> Result<RouteTable, ConfigError> {
-        let mut b = Builder { config, loaded: Loaded::default(), problems: Vec::new() };
+        Self::build_with(config, &Registry::default())
+    }
+
+    /// [`RouteTable::build`] with the endpoint health of `registry`: a route keeps the
+    /// state of the endpoints it still lists (a running gateway's reload).
+    pub fn build_with(config: &Config, registry: &Registry) -> Result<RouteTable, ConfigError> {
+        let mut b = Builder { config, loaded: Loaded::default(), problems: Vec::new(), registry };
         let mut routes = HashMap::new();
         for (i, r) in config.routes.iter().enumerate() {
             if let Some(route) = build_route(&mut b, i, r) {
@@ -188,6 +197,7 @@ struct Builder<'c> {
     config: &'c Config,
     loaded: Loaded,
     problems: Vec<Finding>,
+    registry: &'c Registry,
 }
 
 impl Builder<'_> {
@@ -240,6 +250,7 @@ fn build_route(b: &mut Builder<'_>, i: usize, r: &Spanned<RouteConfig>) -> Optio
         downstream_ssl: downstream_ssl?,
         keepalive: route.tcp_keepalive,
         next_address: AtomicUsize::new(0),
+        endpoints: EndpointSet::new(&route.name, &route.endpoints, route.outlier_detection, route.health_check, b.registry),
     })
 }
 

@@ -166,8 +166,15 @@ pub struct RouteConfig {
     pub hosts: Vec<String>,
     /// TLS listeners whose SNI table holds this route; all of them when absent.
     pub listeners: Option<Vec<String>>,
-    /// Where it connects.
+    /// Where it connects: the first endpoint of the lowest priority (the only one of
+    /// the `upstream = "..."` form); names the destination in logs and metrics.
     pub upstream: HostPort,
+    /// Every endpoint, in file order (one for the `upstream` form).
+    pub endpoints: Vec<super::endpoints::Endpoint>,
+    /// Passive outlier detection, when configured.
+    pub outlier_detection: Option<super::endpoints::OutlierDetection>,
+    /// Active health checks, when configured.
+    pub health_check: Option<super::endpoints::HealthCheck>,
     /// Longest wait for one TCP connect to one upstream address.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,

@@ -62,7 +62,14 @@ pub struct RawRoute {
     /// TLS listeners whose SNI table holds this route; all of them when absent.
     pub listeners: Option<Vec<String>>,
     /// `host:port`; the host is a DNS name (resolved, round robin) or an IP address.
-    pub upstream: String,
+    /// The one-endpoint form of `upstreams`.
+    pub upstream: Option<String>,
+    /// Several endpoints with priorities and weights (see [`super::endpoints`]).
+    pub upstreams: Option<Vec<super::endpoints::RawEndpoint>>,
+    /// Passive outlier detection per resolved address (Envoy's `outlier_detection`).
+    pub outlier_detection: Option<super::endpoints::OutlierDetection>,
+    /// Active health checks of every endpoint address.
+    pub health_check: Option<super::endpoints::HealthCheck>,
     /// Longest wait for one TCP connect to one upstream address.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,

@@ -195,9 +195,49 @@ fn every_value_of_the_wrong_type_is_reported() {
 
 #[test]
 fn a_missing_required_field_stops_before_the_meaning_checks() {
-    let text = EGRESS.replace("upstream = \"db.example.com:13306\"", "");
+    let text = EGRESS.replace("name = \"mysql\"\nhosts", "hosts");
     let found = findings(Role::Egress, &text);
-    assert_eq!(found, ["test.toml:11:1: route[0] (mysql): missing field `upstream`"]);
+    assert_eq!(found, ["test.toml:11:1: route[0]: missing field `name`"]);
+}
+
+#[test]
+fn upstream_or_upstreams_exactly_once_with_checked_endpoints() {
+    let none = EGRESS.replace("upstream = \"db.example.com:13306\"", "");
+    let found = findings(Role::Egress, &none);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("test.toml:11:1: route[0] (mysql).upstream: missing: give `upstream"), "{found:?}");
+    let several = "upstreams = [{ address = \"a.example.com:13306\", priority = 1 }, { address = \"b.example.com:13306\", weight = 3 }]";
+    let both = EGRESS.replace("upstream = \"db.example.com:13306\"", &format!("upstream = \"db.example.com:13306\"\n{several}"));
+    assert!(findings(Role::Egress, &both)[0].contains("route[0] (mysql).upstreams: give either"), "{:?}", findings(Role::Egress, &both));
+    // Two hosts: the origination name must be explicit.
+    let text = EGRESS.replace("upstream = \"db.example.com:13306\"", several);
+    let found = findings(Role::Egress, &text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("test.toml:11:1: route[0] (mysql).upstream_tls.sni: the upstreams have different hosts"), "{found:?}");
+    let text = text.replace("dir = \"/certs/client\" }", "dir = \"/certs/client\", sni = \"db.example.com\" }");
+    let route = parse(Role::Egress, &text).unwrap().routes.remove(0).into_inner();
+    assert_eq!(route.upstream.to_string(), "b.example.com:13306", "the first of the best priority names the route");
+    assert_eq!(route.endpoints.iter().map(|e| (e.priority, e.weight)).collect::<Vec<_>>(), [(1, 1), (0, 3)]);
+    // The new tables' fields are known, and typos in them are found.
+    let tables = "outlier_detection = { consecutive_failures = 3, base_ejection_time = \"1s\", max_ejection_percent = 50 }\n\
+        health_check = { kind = \"tls\", interval = \"2s\", timeout = \"500ms\", unhealthy_treshold = 2 }";
+    let text = text.replace("upstream_tls =", &format!("{tables}\nupstream_tls ="));
+    let found = findings(Role::Egress, &text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("route[0] (mysql).health_check.unhealthy_treshold: unknown field `unhealthy_treshold`: did you mean `unhealthy_threshold`?"),
+        "{found:?}"
+    );
+    let route = parse(Role::Egress, &text.replace("treshold", "threshold")).unwrap().routes.remove(0).into_inner();
+    let check = route.health_check.unwrap();
+    assert_eq!(
+        (check.kind, check.interval, check.timeout, check.healthy_threshold),
+        (HealthCheckKind::Tls, Duration::from_secs(2), Duration::from_millis(500), 1)
+    );
+    let outlier = route.outlier_detection.unwrap();
+    assert_eq!((outlier.consecutive_failures, outlier.max_ejection_percent, outlier.max_ejection_time), (3, 50, Duration::from_secs(300)));
+    let bad = text.replace("treshold", "threshold").replace("base_ejection_time = \"1s\"", "base_ejection_time = \"0s\"");
+    assert!(findings(Role::Egress, &bad)[0].contains("route[0] (mysql).outlier_detection.base_ejection_time: must be more than 0"));
 }
 
 #[test]

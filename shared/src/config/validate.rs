@@ -296,7 +296,9 @@ impl Validator<'_> {
             }
         }
         keepalive(&raw.tcp_keepalive, &mut at);
-        let upstream = HostPort::parse(&raw.upstream).map_err(|m| at.add("upstream", m)).ok();
+        let endpoints = super::endpoints::endpoints(raw.upstream.as_deref(), raw.upstreams.as_deref(), |f, m| at.add(f, m));
+        let upstream = endpoints.as_deref().and_then(primary);
+        self.endpoint_checks(raw, endpoints.as_deref(), &mut at);
         let listener_names: Vec<&str> = self.raw.listeners.iter().map(|l| l.get_ref().name.as_str()).collect();
         for name in raw.listeners.iter().flatten() {
             if !listener_names.contains(&name.as_str()) {
@@ -318,6 +320,9 @@ impl Validator<'_> {
             hosts: raw.hosts.clone(),
             listeners: raw.listeners.clone(),
             upstream: upstream?,
+            endpoints: endpoints?,
+            outlier_detection: raw.outlier_detection,
+            health_check: raw.health_check,
             connect_timeout: raw.connect_timeout,
             upstream_tls: upstream_tls?,
             downstream_tls: downstream_tls?,
@@ -327,6 +332,23 @@ impl Validator<'_> {
             downstream_ssl_mode,
             tcp_keepalive: raw.tcp_keepalive,
         })
+    }
+
+    /// Outlier detection, health checks, and the explicit SNI that several endpoint
+    /// hosts need.
+    fn endpoint_checks(&self, raw: &RawRoute, endpoints: Option<&[super::endpoints::Endpoint]>, at: &mut At<'_, '_>) {
+        if let Some(o) = &raw.outlier_detection {
+            super::endpoints::outlier_detection(o, |f, m| at.add(f, m));
+        }
+        let tls_mode = raw.upstream_tls.as_ref().and_then(|t| t.mode);
+        let originates = matches!(tls_mode, Some(TlsMode::Simple | TlsMode::Mutual));
+        if let Some(h) = &raw.health_check {
+            super::endpoints::health_check(h, originates, |f, m| at.add(f, m));
+        }
+        let sni = raw.upstream_tls.as_ref().and_then(|t| t.sni.as_ref());
+        if originates && sni.is_none() && endpoints.is_some_and(super::endpoints::needs_explicit_sni) {
+            at.add("upstream_tls.sni", "the upstreams have different hosts, so the name sent and verified cannot default to one of them: give `sni`");
+        }
     }
 
     /// `Some(None)` is plaintext: mode "disable", or no `upstream_tls` at the ingress
@@ -414,6 +436,12 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// The endpoint that names the route's destination: the first of the lowest priority.
+fn primary(endpoints: &[super::endpoints::Endpoint]) -> Option<HostPort> {
+    let best = endpoints.iter().map(|e| e.priority).min()?;
+    endpoints.iter().find(|e| e.priority == best).map(|e| e.address.clone())
 }
 
 /// `Some(None)`: the route has no certificate of its own.

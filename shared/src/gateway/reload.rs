@@ -47,7 +47,7 @@ impl Gateway {
         // Watch what the new config names even if it does not load yet: a Secret it
         // points to may still be on its way, and its arrival must retry.
         self.watcher.watch_files(&config.watched_files());
-        let table = RouteTable::build(&config)?;
+        let table = RouteTable::build_with(&config, &self.endpoints)?;
         report::insecure_settings(&config, self.role);
         self.apply(config, table, inputs).await
     }
@@ -71,7 +71,11 @@ impl Gateway {
             }
         }
         let wanted: Vec<(String, SocketAddr)> = table.listeners.iter().map(|p| (p.name.clone(), p.address)).collect();
-        self.context.table.store(Arc::new(table));
+        let table = Arc::new(table);
+        self.context.table.store(table.clone());
+        self.health.restart(&table, &self.context.resolver);
+        let routes: std::collections::HashSet<&str> = config.routes.iter().map(|r| r.get_ref().name.as_str()).collect();
+        self.endpoints.retain(&routes);
         self.listeners.retain(|name, bound| {
             let keep = wanted.iter().any(|(n, a)| n == name && *a == bound.configured);
             if !keep {
