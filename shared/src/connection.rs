@@ -79,10 +79,13 @@ async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord)
         Routing::Tls(routing) => Box::pin(accept(tcp, routing, record)).await?,
     };
     record.route = Some(route.name.clone());
-    record.destination_service = Some(route.host.clone());
+    // An `{sni}` upstream's destination is the name the client sent.
+    let sni = record.sni.as_deref().map(str::to_ascii_lowercase);
+    let destination = if route.host == crate::config::sni::SNI_HOST { sni.clone() } else { None };
+    record.destination_service = Some(destination.unwrap_or_else(|| route.host.clone()));
     record.protocol = route.protocol.as_str();
     tracing::Span::current().record("route", route.name.as_str());
-    let dial = Dialer { route: &route, resolver: &context.resolver };
+    let dial = Dialer { route: &route, resolver: &context.resolver, sni: sni.as_deref() };
     let connecting = Instant::now();
     let upstream = if route.protocol == Protocol::Tcp {
         authorize(&route, record.sides.identity.as_ref())?;

@@ -106,7 +106,26 @@ impl EndpointSet {
     /// Resolves every endpoint (each within `limit`) and orders the addresses to try.
     /// An endpoint that does not resolve adds nothing; only when none resolves is that
     /// the error.
-    pub async fn candidates(&self, resolver: &Resolver, limit: Duration) -> Result<Vec<Candidate>, ResolveError> {
+    ///
+    /// An `{sni}` endpoint resolves `sni`, the name the client sent (which one of the
+    /// route's hosts matched); its addresses keep no state.
+    pub async fn candidates(&self, resolver: &Resolver, limit: Duration, sni: Option<&str>) -> Result<Vec<Candidate>, ResolveError> {
+        if let Some((i, plan)) = self.endpoints.iter().enumerate().find(|(_, p)| p.endpoint.address.host == crate::config::sni::SNI_HOST) {
+            let host = sni.ok_or_else(|| ResolveError::Lookup { host: plan.label.clone(), reason: "the client sent no SNI to connect to".into() })?;
+            let port = plan.endpoint.address.port;
+            let addrs = match timeout(limit, resolver.lookup(host, port)).await {
+                Ok(answer) => answer?,
+                Err(_) => return Err(ResolveError::Lookup { host: host.to_owned(), reason: format!("no answer within connect_timeout ({limit:?})") }),
+            };
+            let first = plan.cursor.fetch_add(1, Ordering::Relaxed) % addrs.len().max(1);
+            return Ok(addrs
+                .iter()
+                .cycle()
+                .skip(first)
+                .take(addrs.len())
+                .map(|&addr| Candidate { addr, endpoint: i, priority: plan.endpoint.priority })
+                .collect());
+        }
         let mut all = Vec::new();
         let mut first_error = None;
         for (priority, cursor) in &self.groups {
@@ -501,7 +520,7 @@ mod tests {
     }
 
     async fn order(set: &EndpointSet) -> Vec<SocketAddr> {
-        set.candidates(&resolver(), Duration::from_secs(1)).await.unwrap().iter().map(|c| c.addr).collect()
+        set.candidates(&resolver(), Duration::from_secs(1), None).await.unwrap().iter().map(|c| c.addr).collect()
     }
 
     fn addr(text: &str) -> SocketAddr {

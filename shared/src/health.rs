@@ -64,7 +64,7 @@ pub fn routes(table: &RouteTable) -> Vec<Arc<Route>> {
     for plan in &table.listeners {
         let found: Vec<&Arc<Route>> = match &plan.routing {
             Routing::Plain(route) => vec![route],
-            Routing::Tls(tls) => tls.by_sni.values().chain(tls.default.iter()).map(|e| &e.route).collect(),
+            Routing::Tls(tls) => tls.by_sni.values().chain(tls.wildcards.iter().map(|(_, e)| e)).chain(tls.default.iter()).map(|e| &e.route).collect(),
         };
         for route in found {
             if seen.insert(route.name.clone()) {
@@ -136,7 +136,7 @@ async fn probe(route: &Route, addr: SocketAddr, check: &HealthCheck) -> Result<(
         match (check.kind, &route.origination) {
             (HealthCheckKind::Tcp, _) => Ok(()),
             (HealthCheckKind::Tls, Some(origination)) => {
-                let mut tls = crate::upstream::handshake(origination, tcp, check.timeout).await?;
+                let mut tls = crate::upstream::handshake(origination, origination.server_name.clone(), tcp, check.timeout).await?;
                 // A close_notify, so the peer logs a clean close rather than a reset.
                 let _ = tls.shutdown().await;
                 Ok(())

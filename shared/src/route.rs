@@ -68,6 +68,8 @@ pub struct Origination {
     pub config: Arc<ClientConfig>,
     /// Sent as SNI and verified against the server's certificate.
     pub server_name: ServerName<'static>,
+    /// An `{sni}` upstream: each connection sends and verifies its client's SNI instead.
+    pub from_client: bool,
 }
 
 impl Route {
@@ -100,6 +102,9 @@ pub enum Routing {
 pub struct TlsRouting {
     /// Lower-case SNI host -> route.
     pub by_sni: HashMap<String, TlsEntry>,
+    /// Lower-case `*.suffix` patterns and their routes, longest first (the most
+    /// specific wins); consulted when no exact host matched.
+    pub wildcards: Vec<(String, TlsEntry)>,
     /// Route for clients that send no SNI.
     pub default: Option<TlsEntry>,
     /// Answers unknown SNI with an alert.
@@ -117,7 +122,12 @@ impl TlsRouting {
     /// The entry for a ClientHello's SNI; `None` means refuse.
     pub fn select(&self, sni: Option<&str>) -> Option<&TlsEntry> {
         match sni {
-            Some(host) => self.by_sni.get(&host.to_ascii_lowercase()),
+            Some(host) => {
+                let host = host.to_ascii_lowercase();
+                self.by_sni
+                    .get(&host)
+                    .or_else(|| self.wildcards.iter().find(|(pattern, _)| crate::config::sni::wildcard_matches(pattern, &host)).map(|(_, entry)| entry))
+            }
             None => self.default.as_ref(),
         }
     }
@@ -232,7 +242,7 @@ fn build_route(b: &mut Builder<'_>, i: usize, r: &Spanned<RouteConfig>) -> Optio
             // Built even when the key failed, so a bad CA is reported too.
             let client = tls::client_config(key.clone().flatten(), tls).map_err(|e| b.fail(r.span(), field, e)).ok();
             match (key, client) {
-                (Some(_), Some(config)) => Some(Some(Origination { config, server_name: tls.sni.clone() })),
+                (Some(_), Some(config)) => Some(Some(Origination { config, server_name: tls.sni.clone(), from_client: tls.sni_from_client })),
                 _ => None,
             }
         }
@@ -326,6 +336,7 @@ fn build_tls_routing(
         None => None,
     };
     let mut by_sni = HashMap::new();
+    let mut wildcards = Vec::new();
     let mut entries = HashMap::new();
     for (j, r) in config.routes.iter().enumerate() {
         let rc = r.get_ref();
@@ -358,8 +369,12 @@ fn build_tls_routing(
         // A route that failed to build has said why.
         let Some(route) = routes.get(rc.name.as_str()) else { continue };
         let entry = TlsEntry { route: route.clone(), server };
-        for host in &rc.hosts {
-            by_sni.insert(host.to_ascii_lowercase(), entry.clone());
+        for host in rc.hosts.iter().map(|h| h.to_ascii_lowercase()) {
+            if crate::config::sni::is_wildcard(&host) {
+                wildcards.push((host, entry.clone()));
+            } else {
+                by_sni.insert(host, entry.clone());
+            }
         }
         entries.insert(rc.name.as_str(), entry);
     }
@@ -375,8 +390,10 @@ fn build_tls_routing(
             }
         },
     };
+    wildcards.sort_by_key(|(pattern, _): &(String, TlsEntry)| std::cmp::Reverse(pattern.len()));
     TlsRouting {
         by_sni,
+        wildcards,
         default,
         refuse: tls::refusing_server_config(),
         handshake_timeout: listener.handshake_timeout,
@@ -468,6 +485,52 @@ allow = ["spiffe://cluster.local/ns/default/sa/*"]
         assert!(api.origination.is_none());
         assert_eq!(api.allow.0, [crate::authz::Pattern::Uri("spiffe://cluster.local/ns/default/sa/*".into())]);
         assert_eq!(table.credentials.len(), 2, "mesh and client certificates: {:?}", table.credentials);
+    }
+
+    #[test]
+    fn exact_hosts_win_then_the_longest_wildcard() {
+        let pki = Pki::new("wildcards");
+        let config = egress(
+            &pki,
+            r#"
+[[route]]
+name = "mysql"
+upstream = "db.example.com:13306"
+upstream_tls = { mode = "disable" }
+
+[[route]]
+name = "exact"
+hosts = ["A.db.example.com"]
+listeners = ["mesh"]
+upstream = "10.0.0.1:5432"
+upstream_tls = { mode = "disable" }
+
+[[route]]
+name = "family"
+hosts = ["*.db.example.com"]
+listeners = ["mesh"]
+upstream = "{sni}:5432"
+upstream_tls = { mode = "disable" }
+
+[[route]]
+name = "deeper"
+hosts = ["*.eu.db.example.com"]
+listeners = ["mesh"]
+upstream = "{sni}:5433"
+upstream_tls = { mode = "disable" }
+"#,
+        );
+        let table = RouteTable::build(&config).unwrap_or_else(|e| panic!("{e}"));
+        let Routing::Tls(mesh) = &table.listener("mesh").unwrap().routing else { panic!("TLS listener") };
+        let picked = |sni: &str| mesh.select(Some(sni)).map(|e| e.route.name.clone());
+        assert_eq!(picked("a.db.example.com").as_deref(), Some("exact"));
+        assert_eq!(picked("B.db.example.com").as_deref(), Some("family"));
+        assert_eq!(picked("x.eu.db.example.com").as_deref(), Some("deeper"));
+        assert_eq!(picked("x.y.db.example.com").as_deref(), Some("family"), "a wildcard stands for one or more labels");
+        assert_eq!(picked("db.example.com"), None, "not the bare suffix");
+        assert_eq!(picked("c.other.example"), None);
+        let family = mesh.select(Some("b.db.example.com")).unwrap();
+        assert_eq!((family.route.host.as_str(), family.route.port), (crate::config::sni::SNI_HOST, 5432));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
@@ -35,6 +36,9 @@ pub struct Dialer<'a> {
     pub route: &'a Route,
     /// Name resolution.
     pub resolver: &'a Resolver,
+    /// The SNI the client sent (lower case), if any: an `{sni}` upstream connects to it,
+    /// and its origination sends and verifies it.
+    pub sni: Option<&'a str>,
 }
 
 impl Dialer<'_> {
@@ -52,7 +56,7 @@ impl Dialer<'_> {
     pub async fn tcp(&self) -> Result<(TcpStream, SocketAddr), UpstreamError> {
         let route = self.route;
         let set = &route.endpoints;
-        let candidates = set.candidates(self.resolver, route.connect_timeout).await?;
+        let candidates = set.candidates(self.resolver, route.connect_timeout, self.sni).await?;
         let mut failures = Vec::new();
         for candidate in &candidates {
             let addr = candidate.addr;
@@ -77,8 +81,16 @@ impl Dialer<'_> {
         let Some(origination) = &route.origination else {
             return Ok(Either::Left(tcp));
         };
-        let failed = |reason: String| UpstreamError::Tls { addr, sni: origination.server_name.to_str().into_owned(), reason };
-        let result = match handshake(origination, tcp, route.connect_timeout).await {
+        let server_name = match (origination.from_client, self.sni) {
+            (true, Some(sni)) => ServerName::try_from(sni.to_owned()).map_err(|_| UpstreamError::Tls {
+                addr,
+                sni: sni.to_owned(),
+                reason: "the client's SNI is not a DNS name".into(),
+            })?,
+            _ => origination.server_name.clone(),
+        };
+        let failed = |reason: String| UpstreamError::Tls { addr, sni: server_name.to_str().into_owned(), reason };
+        let result = match handshake(origination, server_name.clone(), tcp, route.connect_timeout).await {
             Ok(tls) => Ok(Either::Right(tls.into())),
             Err(reason) => Err(failed(reason)),
         };
@@ -91,14 +103,16 @@ impl Dialer<'_> {
 }
 
 /// The origination handshake alone, within `limit`: what a connection and a `tls`
-/// health check both do. The error is the reason in words.
+/// health check both do, sending and verifying `server_name`. The error is the reason
+/// in words.
 pub async fn handshake(
     origination: &crate::route::Origination,
+    server_name: ServerName<'static>,
     tcp: TcpStream,
     limit: std::time::Duration,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     let connector = TlsConnector::from(origination.config.clone());
-    let handshake = connector.connect(origination.server_name.clone(), tcp);
+    let handshake = connector.connect(server_name, tcp);
     match timeout(limit, handshake).await {
         Ok(Ok(tls)) => Ok(tls),
         Ok(Err(e)) => Err(crate::tls::describe(&e)),
@@ -144,7 +158,7 @@ outlier_detection = {{ consecutive_failures = 2, max_ejection_percent = 50 }}
         let table = RouteTable::build_with(&config, &registry).unwrap();
         let Routing::Plain(route) = &table.listener("p").unwrap().routing else { panic!("plain") };
         let resolver = Resolver::new(&crate::config::ResolverSettings::default()).unwrap();
-        let dial = Dialer { route, resolver: &resolver };
+        let dial = Dialer { route, resolver: &resolver, sni: None };
         for _ in 0..3 {
             let (_tcp, addr) = dial.tcp().await.unwrap();
             assert_eq!(addr, live.local_addr().unwrap());

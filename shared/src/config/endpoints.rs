@@ -141,7 +141,13 @@ pub(super) fn endpoints(upstream: Option<&str>, upstreams: Option<&[RawEndpoint]
             add("upstream", "missing: give `upstream = \"host:port\"` or `upstreams = [{ address = \"host:port\", priority = 0 }, ...]`".into());
             None
         }
-        (Some(text), None) => HostPort::parse(text).map_err(|m| add("upstream", m)).ok().map(|address| vec![Endpoint { address, priority: 0, weight: 1 }]),
+        (Some(text), None) => {
+            let address = match super::sni::dynamic_port(text) {
+                Some(port) => port.map(|port| HostPort { host: super::sni::SNI_HOST.into(), port }),
+                None => HostPort::parse(text),
+            };
+            address.map_err(|m| add("upstream", m)).ok().map(|address| vec![Endpoint { address, priority: 0, weight: 1 }])
+        }
         (None, Some([])) => {
             add("upstreams", "an empty list reaches nothing: give at least one { address = \"host:port\" }".into());
             None

@@ -18,6 +18,7 @@ pub mod endpoints;
 mod fields;
 mod model;
 mod schema;
+pub mod sni;
 mod validate;
 mod values;
 

@@ -133,6 +133,9 @@ pub struct UpstreamTls {
     pub subject_alt_names: Option<Vec<Pattern>>,
     /// With `subject_alt_names`, also check the certificate against `sni`.
     pub verify_hostname: bool,
+    /// An `{sni}` upstream without an explicit `sni`: each connection sends and
+    /// verifies the name its client sent, and `sni` (`sni.invalid`) is not used.
+    pub sni_from_client: bool,
     /// Versions and suites.
     #[serde(flatten)]
     pub policy: TlsPolicy,

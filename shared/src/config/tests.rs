@@ -425,3 +425,27 @@ fn a_permissive_mysql_default_route_gets_a_detection_window_and_only_it_may_set_
         assert!(found[0].contains("permissive_detection_window: must be more than 0, at most 1s and less than handshake_timeout"), "{bad}: {found:#?}");
     }
 }
+
+#[test]
+fn sni_upstreams_need_wildcard_hosts_at_tls_listeners_only() {
+    let route = |extra: &str| {
+        format!("{EGRESS}\n[[route]]\nname = \"family\"\nhosts = [\"*.db.example.com\"]\nupstream = \"{{sni}}:5432\"\nupstream_tls = {{ mode = \"mutual\", dir = \"/certs/client\" }}\n{extra}")
+    };
+    let c = parse(Role::Egress, &route("")).unwrap();
+    let family = c.routes[1].get_ref();
+    assert_eq!(family.upstream.to_string(), "{sni}:5432");
+    let tls = family.upstream_tls.as_ref().unwrap();
+    assert!(tls.sni_from_client, "each connection verifies its own client's name");
+    let found = findings(Role::Egress, &route("health_check = { kind = \"tcp\" }\nlisteners = [\"mysql\"]"));
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found.iter().any(|f| f.contains("route[1] (family).upstream: an \"{sni}\" upstream needs a TLS listener")), "{found:?}");
+    assert!(found.iter().any(|f| f.contains("route[1] (family).health_check: an \"{sni}\" upstream has no fixed address")), "{found:?}");
+    let text = EGRESS.replace("upstream = \"db.example.com:13306\"", "upstream = \"{sni}:13306\"");
+    let found = findings(Role::Egress, &text);
+    assert!(found.iter().any(|f| f.contains("listener \"mysql\" sends clients without SNI here")), "{found:?}");
+    for bad in ["*", "a.*.example.com", "*db.example.com"] {
+        let found = findings(Role::Egress, &EGRESS.replace("hosts = [\"db.example.com\"]", &format!("hosts = [\"{bad}\"]")));
+        assert_eq!(found.len(), 1, "{bad}: {found:?}");
+        assert!(found[0].contains("route[0] (mysql).hosts: "), "{found:?}");
+    }
+}

@@ -305,8 +305,13 @@ impl Validator<'_> {
                 at.add("listeners", missing("listener", name, &listener_names));
             }
         }
-        for host in raw.hosts.iter().filter(|h| h.is_empty() || h.contains(':') || h.contains('*')) {
-            at.add("hosts", format!("{host:?} is not an exact DNS name (no ports, no wildcards)"));
+        for host in &raw.hosts {
+            if let Err(message) = super::sni::check_host(host) {
+                at.add("hosts", message);
+            }
+        }
+        if raw.upstream.as_deref().and_then(super::sni::dynamic_port).is_some() {
+            self.sni_upstream(raw, &mut at);
         }
         let allow: Vec<Option<Pattern>> = raw.allow.iter().map(|p| Pattern::parse(p).map_err(|e| at.add("allow", e.to_string())).ok()).collect();
         let upstream_tls = self.upstream_tls(raw, upstream.as_ref(), &mut at);
@@ -332,6 +337,28 @@ impl Validator<'_> {
             downstream_ssl_mode,
             tcp_keepalive: raw.tcp_keepalive,
         })
+    }
+
+    /// An `{sni}` upstream is reached only with an SNI that one of the route's hosts
+    /// matched: no plain listener or default route may lead to it, and there is no
+    /// fixed address to check or eject.
+    fn sni_upstream(&self, raw: &RawRoute, at: &mut At<'_, '_>) {
+        if raw.hosts.is_empty() {
+            at.add("hosts", "an \"{sni}\" upstream connects to the name the client sent: list the names (\"*.db.example.com\") it may be");
+        }
+        for l in self.raw.listeners.iter().map(|l| l.get_ref()) {
+            if l.route.as_deref() == Some(raw.name.as_str()) || l.default_route.as_deref() == Some(raw.name.as_str()) {
+                at.add("upstream", format!("listener {:?} sends clients without SNI here, and an \"{{sni}}\" upstream needs the client's SNI", l.name));
+            }
+        }
+        if self.tls_listeners_of(raw).next().is_none() {
+            at.add("upstream", "an \"{sni}\" upstream needs a TLS listener to read the SNI at: this route is served at none");
+        }
+        for (field, set) in [("outlier_detection", raw.outlier_detection.is_some()), ("health_check", raw.health_check.is_some())] {
+            if set {
+                at.add(field, "an \"{sni}\" upstream has no fixed address to check or eject: remove it");
+            }
+        }
     }
 
     /// Outlier detection, health checks, and the explicit SNI that several endpoint
@@ -399,8 +426,11 @@ impl Validator<'_> {
             (TlsMode::Mutual, client) => client,
             _ => None,
         };
-        // Without its own `sni` the route sends the upstream host (already reported if bad).
-        let sni = match tls.sni.clone().or_else(|| upstream.map(|u| u.host.clone())) {
+        // Without its own `sni` the route sends the upstream host (already reported if
+        // bad), or, to an `{sni}` upstream, the client's SNI.
+        let sni_from_client = tls.sni.is_none() && upstream.is_some_and(|u| u.host == super::sni::SNI_HOST);
+        let default_sni = if sni_from_client { Some("sni.invalid".to_owned()) } else { upstream.map(|u| u.host.clone()) };
+        let sni = match tls.sni.clone().or(default_sni) {
             Some(name) => ServerName::try_from(name.clone()).map_err(|_| at.add("upstream_tls.sni", format!("{name:?} is not a DNS name or IP address"))).ok(),
             None => None,
         };
@@ -411,6 +441,7 @@ impl Validator<'_> {
             sni: sni?,
             subject_alt_names: subject_alt_names?,
             verify_hostname: tls.verify_hostname.unwrap_or(false),
+            sni_from_client,
             policy: policy?,
         }))
     }

@@ -105,7 +105,7 @@ impl Gateway {
     fn spawn_accept_loop(&self, plan: &ListenerPlan, socket: TcpListener, address: SocketAddr) -> Bound {
         let kind = match &plan.routing {
             Routing::Plain(route) => format!("plain -> route {}", route.name),
-            Routing::Tls(t) => format!("tls, {} SNI hosts", t.by_sni.len()),
+            Routing::Tls(t) => format!("tls, {} SNI hosts, {} wildcards", t.by_sni.len(), t.wildcards.len()),
         };
         tracing::info!(listener = %plan.name, %address, %kind, max_connections = plan.max_connections, "listening");
         let stop = self.stop_accepting.child_token();
