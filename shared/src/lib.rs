@@ -25,6 +25,7 @@ pub mod listener;
 pub mod metrics;
 pub mod otel;
 pub mod protocol;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod resolve;
 pub mod route;

@@ -50,6 +50,10 @@ pub struct Route {
     next_address: AtomicUsize,
     /// The endpoints to connect to, with priorities, weights and address health.
     pub endpoints: EndpointSet,
+    /// The PROXY protocol header written to the upstream after connecting, if any.
+    pub send_proxy: Option<crate::config::ProxyVersion>,
+    /// Client address ranges allowed; empty: any.
+    pub source_ranges: Vec<ipnet::IpNet>,
 }
 
 /// Client-side TLS inside a database protocol.
@@ -151,6 +155,8 @@ pub struct ListenerPlan {
     pub keepalive: TcpKeepalive,
     /// How often a relaying connection writes a periodic access-log record, if at all.
     pub flush_interval: Option<Duration>,
+    /// Where a PROXY protocol header is accepted from; `None`: not at all.
+    pub proxy_trusted: Option<Vec<ipnet::IpNet>>,
 }
 
 /// The whole routing state of a process: what a reload replaces.
@@ -261,6 +267,8 @@ fn build_route(b: &mut Builder<'_>, i: usize, r: &Spanned<RouteConfig>) -> Optio
         keepalive: route.tcp_keepalive,
         next_address: AtomicUsize::new(0),
         endpoints: EndpointSet::new(&route.name, &route.endpoints, route.outlier_detection, route.health_check, b.registry),
+        send_proxy: route.send_proxy_protocol,
+        source_ranges: route.source_ranges.clone(),
     })
 }
 
@@ -308,6 +316,7 @@ fn build_listener(b: &mut Builder<'_>, i: usize, l: &Spanned<ListenerConfig>, ro
         routing,
         keepalive: listener.tcp_keepalive,
         flush_interval: listener.access_log_flush_interval,
+        proxy_trusted: listener.proxy_protocol.as_ref().map(|p| p.trusted.clone()),
     })
 }
 

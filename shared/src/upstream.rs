@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use rustls_pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
@@ -39,6 +40,9 @@ pub struct Dialer<'a> {
     /// The SNI the client sent (lower case), if any: an `{sni}` upstream connects to it,
     /// and its origination sends and verifies it.
     pub sni: Option<&'a str>,
+    /// The PROXY protocol header to write first on every upstream connection (the
+    /// route's `send_proxy_protocol`), if any.
+    pub proxy_header: Option<&'a [u8]>,
 }
 
 impl Dialer<'_> {
@@ -61,11 +65,14 @@ impl Dialer<'_> {
         for candidate in &candidates {
             let addr = candidate.addr;
             let error = match timeout(route.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(tcp)) => {
-                    crate::socket::tune(&tcp, &route.keepalive);
-                    set.connected(candidate, route.origination.is_none());
-                    return Ok((tcp, addr));
-                }
+                Ok(Ok(mut tcp)) => match self.send_proxy_header(&mut tcp).await {
+                    Ok(()) => {
+                        crate::socket::tune(&tcp, &route.keepalive);
+                        set.connected(candidate, route.origination.is_none());
+                        return Ok((tcp, addr));
+                    }
+                    Err(e) => Some(e),
+                },
                 Ok(Err(e)) => Some(e),
                 Err(_) => None,
             };
@@ -73,6 +80,16 @@ impl Dialer<'_> {
             failures.push(ConnectFailure { addr, error, timeout: route.connect_timeout });
         }
         Err(UpstreamError::Connect(failures))
+    }
+
+    /// Writes the PROXY protocol header, if the route sends one, within the connect
+    /// timeout.
+    async fn send_proxy_header(&self, tcp: &mut TcpStream) -> std::io::Result<()> {
+        let Some(header) = self.proxy_header else { return Ok(()) };
+        match timeout(self.route.connect_timeout, tcp.write_all(header)).await {
+            Ok(written) => written,
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "writing the PROXY protocol header timed out")),
+        }
     }
 
     /// Originates the route's TLS on `tcp` (plain when the route disables it).
@@ -158,7 +175,7 @@ outlier_detection = {{ consecutive_failures = 2, max_ejection_percent = 50 }}
         let table = RouteTable::build_with(&config, &registry).unwrap();
         let Routing::Plain(route) = &table.listener("p").unwrap().routing else { panic!("plain") };
         let resolver = Resolver::new(&crate::config::ResolverSettings::default()).unwrap();
-        let dial = Dialer { route, resolver: &resolver, sni: None };
+        let dial = Dialer { route, resolver: &resolver, sni: None, proxy_header: None };
         for _ in 0..3 {
             let (_tcp, addr) = dial.tcp().await.unwrap();
             assert_eq!(addr, live.local_addr().unwrap());

@@ -28,6 +28,7 @@ enum Table {
     Endpoint,
     Outlier,
     HealthCheck,
+    ProxyProtocol,
     Resolver,
     Process,
     Admin,
@@ -48,6 +49,7 @@ impl Table {
             Table::Endpoint => fields_of::<super::endpoints::RawEndpoint>(),
             Table::Outlier => fields_of::<super::endpoints::OutlierDetection>(),
             Table::HealthCheck => fields_of::<super::endpoints::HealthCheck>(),
+            Table::ProxyProtocol => fields_of::<super::proxy::RawProxyProtocol>(),
             Table::Resolver => fields_of::<ResolverSettings>(),
             Table::Process => fields_of::<ProcessSettings>(),
             Table::Admin => fields_of::<AdminSettings>(),
@@ -73,6 +75,7 @@ impl Table {
             (Table::Route, "upstreams") => Table::Endpoint,
             (Table::Route, "outlier_detection") => Table::Outlier,
             (Table::Route, "health_check") => Table::HealthCheck,
+            (Table::Listener, "proxy_protocol") => Table::ProxyProtocol,
             _ => return None,
         })
     }

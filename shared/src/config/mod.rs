@@ -17,6 +17,7 @@
 pub mod endpoints;
 mod fields;
 mod model;
+pub mod proxy;
 mod schema;
 pub mod sni;
 mod validate;
@@ -33,6 +34,7 @@ use toml::de::{DeTable, DeValue};
 
 pub use endpoints::{Endpoint, HealthCheck, HealthCheckKind, OutlierDetection};
 pub use model::{CertKey, DownstreamTls, ListenerConfig, ListenerKind, ListenerTls, RouteConfig, TlsPolicy, UpstreamTls};
+pub use proxy::{ProxyProtocol, ProxyVersion};
 pub use schema::{
     AdminSettings, HealthSettings, MetricsSettings, PeerAuth, ProcessSettings, Protocol, ResolverSettings, SslMode, TcpKeepalive, TelemetrySettings, TlsMode,
     TlsVersion,

@@ -47,6 +47,9 @@ pub struct ListenerConfig {
     /// for up to `handshake_timeout`.
     #[serde(with = "humantime_serde")]
     pub permissive_detection_window: Option<Duration>,
+    /// Where a PROXY protocol header is accepted from; `None`: never (the TCP peer is
+    /// the client).
+    pub proxy_protocol: Option<super::proxy::ProxyProtocol>,
 }
 
 /// What a listener does with a connection.
@@ -201,6 +204,10 @@ pub struct RouteConfig {
     pub downstream_ssl_mode: SslMode,
     /// TCP keepalive on the upstream connections of this route.
     pub tcp_keepalive: TcpKeepalive,
+    /// The PROXY protocol header written to the upstream, if any.
+    pub send_proxy_protocol: Option<super::proxy::ProxyVersion>,
+    /// Client address ranges allowed; empty: any.
+    pub source_ranges: Vec<ipnet::IpNet>,
 }
 
 impl RouteConfig {

@@ -49,6 +49,8 @@ pub struct RawListener {
     /// a plaintext client waiting for the server's greeting (default 50ms).
     #[serde(default, with = "humantime_serde")]
     pub permissive_detection_window: Option<Duration>,
+    /// Accept a PROXY protocol header (v1 or v2) from these trusted ranges only.
+    pub proxy_protocol: Option<super::proxy::RawProxyProtocol>,
 }
 
 /// One `[[route]]` as written.
@@ -91,6 +93,12 @@ pub struct RawRoute {
     /// TCP keepalive on the upstream connections of this route.
     #[serde(default)]
     pub tcp_keepalive: TcpKeepalive,
+    /// Write a PROXY protocol header of this version to the upstream.
+    pub send_proxy_protocol: Option<super::proxy::ProxyVersion>,
+    /// Client address ranges allowed on this route (the PROXY header's source where one
+    /// was accepted); any when empty.
+    #[serde(default)]
+    pub source_ranges: Vec<String>,
 }
 
 /// A `tls`, `upstream_tls` or `downstream_tls` table as written. Credential files follow

@@ -449,3 +449,24 @@ fn sni_upstreams_need_wildcard_hosts_at_tls_listeners_only() {
         assert!(found[0].contains("route[0] (mysql).hosts: "), "{found:?}");
     }
 }
+
+#[test]
+fn proxy_protocol_and_source_ranges_are_checked_ranges() {
+    let text = EGRESS
+        .replace("route = \"mysql\"", "route = \"mysql\"\nproxy_protocol = { trusted = [\"127.0.0.0/8\", \"::1\"] }")
+        .replace("upstream = \"db.example.com:13306\"", "upstream = \"db.example.com:13306\"\nsend_proxy_protocol = \"v2\"\nsource_ranges = [\"10.0.0.0/8\"]");
+    let c = parse(Role::Egress, &text).unwrap();
+    let trusted = &c.listeners[1].get_ref().proxy_protocol.as_ref().unwrap().trusted;
+    assert_eq!(trusted.iter().map(ToString::to_string).collect::<Vec<_>>(), ["127.0.0.0/8", "::1/128"]);
+    let route = c.routes[0].get_ref();
+    assert_eq!((route.send_proxy_protocol, route.source_ranges.len()), (Some(ProxyVersion::V2), 1));
+    let bad = text.replace("\"::1\"", "\"lb.example.com\"").replace("10.0.0.0/8", "10.0.0.0/40");
+    let found = findings(Role::Egress, &bad);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found.iter().any(|f| f.contains("listener[1] (mysql).proxy_protocol.trusted: \"lb.example.com\" is not an address range")), "{found:?}");
+    assert!(found.iter().any(|f| f.contains("route[0] (mysql).source_ranges: \"10.0.0.0/40\" is not an address range")), "{found:?}");
+    let found = findings(Role::Egress, &text.replace("\"v2\"", "\"v3\""));
+    assert!(found.iter().any(|f| f.contains("route[0] (mysql).send_proxy_protocol: unknown variant `v3`")), "{found:?}");
+    let empty = text.replace("trusted = [\"127.0.0.0/8\", \"::1\"]", "trusted = []");
+    assert!(findings(Role::Egress, &empty)[0].contains("proxy_protocol.trusted: empty"));
+}

@@ -144,6 +144,19 @@ impl Validator<'_> {
             }
         };
         let permissive_detection_window = self.detection_window(raw, &mut at);
+        let proxy_protocol = match &raw.proxy_protocol {
+            None => Some(None),
+            Some(p) if p.trusted.is_empty() => {
+                at.add(
+                    "proxy_protocol.trusted",
+                    "empty: no address may send a PROXY header, so every connection would be refused; list the load balancer's ranges",
+                );
+                None
+            }
+            Some(p) => {
+                super::proxy::ranges(&p.trusted, "proxy_protocol.trusted", |f, m| at.add(f, m)).map(|trusted| Some(super::proxy::ProxyProtocol { trusted }))
+            }
+        };
         let kind = match &raw.tls {
             None => self.plain(raw, &mut at),
             Some(tls) => self.terminating(raw, tls, &mut at),
@@ -161,6 +174,7 @@ impl Validator<'_> {
             tcp_keepalive: raw.tcp_keepalive,
             access_log_flush_interval: raw.access_log_flush_interval,
             permissive_detection_window,
+            proxy_protocol: proxy_protocol?,
         })
     }
 
@@ -317,6 +331,7 @@ impl Validator<'_> {
         let upstream_tls = self.upstream_tls(raw, upstream.as_ref(), &mut at);
         let downstream_tls = downstream_tls(raw, &mut at);
         let downstream_ssl_mode = downstream_ssl_mode(raw, &mut at);
+        let source_ranges = super::proxy::ranges(&raw.source_ranges, "source_ranges", |f, m| at.add(f, m));
         if !at.clean() {
             return None;
         }
@@ -336,6 +351,8 @@ impl Validator<'_> {
             protocol: raw.protocol,
             downstream_ssl_mode,
             tcp_keepalive: raw.tcp_keepalive,
+            send_proxy_protocol: raw.send_proxy_protocol,
+            source_ranges: source_ranges?,
         })
     }
 
