@@ -62,6 +62,25 @@ fn a_refusing_address_is_ejected_and_clients_are_served_from_the_other() {
     assert_eq!(state(DEAD), Some(serde_json::json!("ejected")), "{}", dump["endpoints"]);
     assert_eq!(state(LIVE), Some(serde_json::json!("healthy")), "{}", dump["endpoints"]);
 
+    // A reload that keeps the endpoint keeps its state: still ejected, not ejected again.
+    egress.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let dump = loop {
+        let dump: serde_json::Value = serde_json::from_str(&egress.admin("GET", "/config_dump").1).unwrap();
+        if dump["last_reload"]["succeeded"] == 1 {
+            break dump;
+        }
+        assert!(std::time::Instant::now() < deadline, "no reload after SIGHUP: {}", egress.proc.output());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let kept = dump["endpoints"]["to-ingress"][0]["addresses"].as_array().and_then(|a| a.iter().find(|a| a["address"] == format!("{DEAD}:{port}")).cloned());
+    assert_eq!(
+        kept.map(|a| (a["state"].clone(), a["times_ejected"].clone())),
+        Some((serde_json::json!("ejected"), serde_json::json!(1))),
+        "{}",
+        dump["endpoints"]
+    );
+
     // While ejected the dead address is not tried: its failure count stays where the
     // ejection left it (0), and every client is served by the live address.
     for i in 0..N {
