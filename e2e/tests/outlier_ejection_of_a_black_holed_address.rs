@@ -77,7 +77,7 @@ fn a_black_holed_address_is_ejected_after_its_timeouts() {
         assert!(run.success, "{}\n{}", run.stderr, egress.proc.output());
         after.push(run.took);
     }
-    let line = egress.access_log().into_iter().filter(|l| l.contains("outcome=closed")).last().unwrap_or_default();
+    let line = egress.access_log().into_iter().rev().find(|l| l.contains("outcome=closed")).unwrap_or_default();
     assert!(line.contains(&format!("upstream={}:", server.address)), "{line}");
     assert_eq!(egress.access_log().iter().filter(|l| l.contains("outcome=upstream_failed")).count(), 0, "{}", egress.proc.output());
     assert!(dns.output().contains("query[A]"), "{}", dns.output());
