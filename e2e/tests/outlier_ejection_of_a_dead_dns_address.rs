@@ -92,7 +92,12 @@ fn a_refusing_address_is_ejected_and_clients_are_served_from_the_other() {
     let dead = dump["endpoints"]["to-ingress"][0]["addresses"].as_array().and_then(|a| a.iter().find(|a| a["address"] == format!("{DEAD}:{port}")).cloned());
     assert_eq!(dead.as_ref().map(|d| d["consecutive_failures"].clone()), Some(serde_json::json!(0)), "{}", dump["endpoints"]);
     let live = format!("upstream={LIVE}:{port}");
-    let closed = egress.access_log().iter().filter(|l| l.contains("outcome=closed") && l.contains(&live)).count();
-    assert_eq!(closed, served + N, "{}", egress.proc.output());
+    let closed = || egress.access_log().iter().filter(|l| l.contains("outcome=closed") && l.contains(&live)).count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while closed() < served + N {
+        assert!(std::time::Instant::now() < deadline, "{}", egress.proc.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(closed(), served + N, "{}", egress.proc.output());
     assert_eq!(egress.access_log().iter().filter(|l| l.contains("outcome=upstream_failed")).count(), 0, "{}", egress.proc.output());
 }
