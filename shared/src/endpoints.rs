@@ -73,7 +73,9 @@ impl EndpointSet {
             endpoints: endpoints.iter().map(|e| EndpointPlan { endpoint: e.clone(), label: e.address.to_string(), cursor: AtomicUsize::new(0) }).collect(),
             outlier,
             health_check,
-            state: registry.route(route, endpoints),
+            // One plain endpoint has no choice to report: its series would only repeat
+            // the route's own metrics.
+            state: registry.route(route, endpoints, endpoints.len() > 1 || outlier.is_some() || health_check.is_some()),
             groups: priorities.into_iter().map(|p| (p, AtomicUsize::new(0))).collect(),
         }
     }
@@ -222,6 +224,9 @@ struct EndpointHealth {
 pub struct RouteState {
     route: String,
     metrics: Option<Arc<Metrics>>,
+    /// Whether the endpoint gauges are exported (several endpoints, outlier detection
+    /// or health checks); set by the latest build of the route.
+    observed: std::sync::atomic::AtomicBool,
     endpoints: Mutex<BTreeMap<String, EndpointHealth>>,
 }
 
@@ -248,6 +253,9 @@ impl RouteState {
 
     /// The gauges of `endpoint`, from its state now.
     fn publish(&self, endpoint: &str, health: &EndpointHealth) {
+        if !self.observed.load(Ordering::Relaxed) {
+            return;
+        }
         let healthy = health.addresses.values().filter(|a| a.usable()).count();
         let ejected = health.addresses.values().filter(|a| a.ejected_until.is_some()).count();
         self.count(
@@ -436,15 +444,22 @@ impl Registry {
     }
 
     /// The state of route `name`, keeping what it knows of the endpoints still listed
-    /// and forgetting the others.
-    pub fn route(&self, name: &str, endpoints: &[Endpoint]) -> Arc<RouteState> {
+    /// and forgetting the others; `observed` exports its endpoint gauges.
+    pub fn route(&self, name: &str, endpoints: &[Endpoint], observed: bool) -> Arc<RouteState> {
         let state = self
             .lock()
             .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(RouteState { route: name.to_owned(), metrics: self.metrics.clone(), endpoints: Mutex::default() }))
+            .or_insert_with(|| {
+                Arc::new(RouteState { route: name.to_owned(), metrics: self.metrics.clone(), observed: observed.into(), endpoints: Mutex::default() })
+            })
             .clone();
         {
             let mut known = state.lock();
+            if state.observed.swap(observed, Ordering::Relaxed) && !observed {
+                for label in known.keys() {
+                    state.forget(label);
+                }
+            }
             let labels: Vec<String> = endpoints.iter().map(|e| e.address.to_string()).collect();
             known.retain(|label, _| {
                 let keep = labels.contains(label);
