@@ -443,8 +443,10 @@ impl Registry {
         self.routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The state of route `name`, keeping what it knows of the endpoints still listed
-    /// and forgetting the others; `observed` exports its endpoint gauges.
+    /// The state of route `name` (made if new), with its endpoints' priorities and
+    /// weights as configured now; `observed` exports its endpoint gauges. Nothing is
+    /// forgotten here: a build may still be refused, so [`Registry::retain`] prunes once
+    /// a table is in force.
     pub fn route(&self, name: &str, endpoints: &[Endpoint], observed: bool) -> Arc<RouteState> {
         let state = self
             .lock()
@@ -461,13 +463,6 @@ impl Registry {
                 }
             }
             let labels: Vec<String> = endpoints.iter().map(|e| e.address.to_string()).collect();
-            known.retain(|label, _| {
-                let keep = labels.contains(label);
-                if !keep {
-                    state.forget(label);
-                }
-                keep
-            });
             for (label, e) in labels.iter().zip(endpoints) {
                 let health = known.entry(label.clone()).or_default();
                 (health.priority, health.weight) = (e.priority, e.weight);
@@ -477,16 +472,19 @@ impl Registry {
         state
     }
 
-    /// Drops the state of every route not in `names` (removed by a reload).
-    pub fn retain(&self, names: &HashSet<&str>) {
+    /// Keeps only the routes and endpoints of the table now in force (`wanted`: route
+    /// name -> its endpoint addresses); the others' state and metric series go.
+    pub fn retain(&self, wanted: &HashMap<&str, Vec<String>>) {
         self.lock().retain(|name, state| {
-            let keep = names.contains(name.as_str());
-            if !keep {
-                for label in state.lock().keys() {
+            let endpoints = wanted.get(name.as_str());
+            state.lock().retain(|label, _| {
+                let keep = endpoints.is_some_and(|list| list.contains(label));
+                if !keep {
                     state.forget(label);
                 }
-            }
-            keep
+                keep
+            });
+            endpoints.is_some()
         });
     }
 
@@ -650,11 +648,13 @@ mod tests {
         assert!(Arc::ptr_eq(&set.state, &again.state));
         assert_eq!(order(&again).await, [addr("127.0.0.2:1")], "still ejected after the rebuild");
         let fewer = EndpointSet::new("r", &list[1..], Some(outlier(1, 50)), None, &registry);
+        assert!(fewer.state.lock().contains_key("127.0.0.1:1"), "a build alone (it may be refused) forgets nothing");
+        registry.retain(&HashMap::from([("r", vec!["127.0.0.2:1".to_owned()])]));
         assert!(!fewer.state.lock().contains_key("127.0.0.1:1"));
         let text = metrics.encode();
         assert!(!text.contains("endpoint_healthy{route=\"r\",endpoint=\"127.0.0.1:1\"}"), "{text}");
         assert!(!text.contains("endpoint_ejected{route=\"r\",endpoint=\"127.0.0.1:1\"}"), "{text}");
-        registry.retain(&HashSet::new());
+        registry.retain(&HashMap::new());
         assert_eq!(registry.report(), serde_json::json!({}));
     }
 }

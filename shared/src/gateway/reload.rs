@@ -74,8 +74,8 @@ impl Gateway {
         let table = Arc::new(table);
         self.context.table.store(table.clone());
         self.health.restart(&table, &self.context.resolver);
-        let routes: std::collections::HashSet<&str> = config.routes.iter().map(|r| r.get_ref().name.as_str()).collect();
-        self.endpoints.retain(&routes);
+        let in_force = config.routes.iter().map(|r| r.get_ref()).map(|r| (r.name.as_str(), r.endpoints.iter().map(|e| e.address.to_string()).collect()));
+        self.endpoints.retain(&in_force.collect());
         self.listeners.retain(|name, bound| {
             let keep = wanted.iter().any(|(n, a)| n == name && *a == bound.configured);
             if !keep {
