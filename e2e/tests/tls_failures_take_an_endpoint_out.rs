@@ -66,8 +66,13 @@ fn a_tls_health_check_fails_a_remote_that_only_accepts_tcp() {
     remotes.wait_for_state(&remotes.bad, "unhealthy");
     let probe = remotes.address_state(&remotes.bad)["last_probe"].clone();
     assert_eq!(probe["ok"], false, "{probe}");
-    remotes.wait_for_state(&remotes.good, "healthy");
-    assert_eq!(remotes.address_state(&remotes.good)["last_probe"]["ok"], true, "the good remote's handshake passes");
+    // Addresses start healthy; the good remote's first probe must pass to keep it so.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while remotes.address_state(&remotes.good)["last_probe"]["ok"] != true {
+        assert!(Instant::now() < deadline, "the good remote's handshake never passed: {}", remotes.address_state(&remotes.good));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(remotes.address_state(&remotes.good)["state"], "healthy");
     for i in 0..10 {
         let message = format!("standby {i}");
         assert_eq!(remotes.echo(&message).as_deref(), Ok(message.as_str()), "{}", remotes.egress.proc.output());
@@ -84,6 +89,27 @@ fn a_tls_health_check_fails_a_remote_that_only_accepts_tcp() {
     assert!(metrics.contains(&format!("strait_upstream_health_check_failures_total{{route=\"to-ingress\",endpoint=\"{}\"}}", remotes.bad)), "{metrics}");
     assert!(metrics.contains(&format!("strait_upstream_endpoint_healthy{{route=\"to-ingress\",endpoint=\"{}\"}} 0", remotes.bad)), "{metrics}");
     assert!(metrics.contains(&format!("strait_upstream_endpoint_failovers_total{{route=\"to-ingress\",endpoint=\"{}\"}} 10", remotes.good)), "{metrics}");
+
+    // A reload without the bad remote drops its state and its gauge series.
+    let text = std::fs::read_to_string(&remotes.egress.config).unwrap();
+    let without = text.replace(&format!("{{ address = \"{}\", priority = 0 }}, ", remotes.bad), "");
+    assert_ne!(text, without, "{text}");
+    std::fs::write(&remotes.egress.config, without).unwrap();
+    remotes.egress.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let dump = loop {
+        let dump: serde_json::Value = serde_json::from_str(&remotes.egress.admin("GET", "/config_dump").1).unwrap();
+        if dump["last_reload"]["succeeded"].as_u64() >= Some(1) {
+            break dump;
+        }
+        assert!(Instant::now() < deadline, "no reload: {}", remotes.egress.proc.output());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let endpoints: Vec<_> = dump["endpoints"]["to-ingress"].as_array().into_iter().flatten().map(|e| e["endpoint"].clone()).collect();
+    assert_eq!(endpoints, [serde_json::json!(remotes.good)], "{}", dump["endpoints"]);
+    let metrics = remotes.egress.admin("GET", "/metrics").1;
+    assert!(!metrics.contains(&format!("strait_upstream_endpoint_healthy{{route=\"to-ingress\",endpoint=\"{}\"}}", remotes.bad)), "{metrics}");
+    assert_eq!(remotes.echo("after the reload").as_deref(), Ok("after the reload"));
 }
 
 #[test]
