@@ -20,6 +20,8 @@ declare -A need=(
   [prometheus]=prometheus
   # The fd-budget test runs a gateway under a given open-file limit.
   [prlimit]=util-linux
+  # PROXY protocol peer in front of and behind the gateways.
+  [haproxy]=haproxy
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -172,6 +172,15 @@ impl Route {
         Route { table }
     }
 
+    /// A route to several endpoints (`upstreams`), each `(host:port, priority)`.
+    pub fn several(name: &str, endpoints: &[(&str, u32)]) -> Route {
+        let list: Vec<String> = endpoints.iter().map(|(address, priority)| format!("{{ address = {}, priority = {priority} }}", quoted(address))).collect();
+        let mut table = Table::default();
+        table.set("name", quoted(name));
+        table.set("upstreams", format!("[{}]", list.join(", ")));
+        Route { table }
+    }
+
     /// A route to `127.0.0.1:port`.
     pub fn to(name: &str, port: u16) -> Route {
         Route::new(name, &format!("127.0.0.1:{port}"))

@@ -26,12 +26,15 @@ pub struct AdminState {
     /// The log filter, for `/logging`; `None` when the process's logging is not ours
     /// to change (a gateway run inside a test).
     pub log: Option<Arc<crate::telemetry::LogControl>>,
+    /// Upstream endpoint health, shown live under `/config_dump`'s `endpoints` (it
+    /// changes between reloads); set once by the gateway.
+    pub endpoints: std::sync::OnceLock<Arc<crate::endpoints::Registry>>,
 }
 
 impl AdminState {
     /// Not ready, an empty dump.
     pub fn new(metrics: Arc<crate::metrics::Metrics>, log: Option<Arc<crate::telemetry::LogControl>>) -> AdminState {
-        AdminState { ready: AtomicBool::new(false), config_dump: ArcSwap::from_pointee(serde_json::json!({})), metrics, log }
+        AdminState { ready: AtomicBool::new(false), config_dump: ArcSwap::from_pointee(serde_json::json!({})), metrics, log, endpoints: Default::default() }
     }
 }
 
@@ -97,7 +100,11 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
 }
 
 async fn config_dump(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
-    Json(state.config_dump.load().as_ref().clone())
+    let mut dump = state.config_dump.load().as_ref().clone();
+    if let (Some(registry), Some(object)) = (state.endpoints.get(), dump.as_object_mut()) {
+        object.insert("endpoints".into(), registry.report());
+    }
+    Json(dump)
 }
 
 #[derive(serde::Deserialize)]

@@ -35,8 +35,8 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 pub struct Context {
     /// The current routing state; replaced whole on reload.
     pub table: ArcSwap<RouteTable>,
-    /// Upstream name resolution.
-    pub resolver: Resolver,
+    /// Upstream name resolution (shared with the health checks).
+    pub resolver: Arc<Resolver>,
     /// Which binary this is (labels metrics `outbound` or `inbound`).
     pub role: Role,
     /// Metrics and span export for the connection records.
@@ -68,10 +68,17 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, contex
     .await
 }
 
-async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord) -> Result<(), ConnError> {
+async fn serve(mut tcp: TcpStream, context: &Context, record: &mut ConnectionRecord) -> Result<(), ConnError> {
     let table = context.table.load_full();
     let plan = table.listener(&record.listener).ok_or(ConnError::ListenerRemoved)?;
     crate::socket::tune(&tcp, &plan.keepalive);
+    let local = tcp.local_addr().unwrap_or(record.downstream);
+    if let Some(trusted) = &plan.proxy_trusted {
+        // Behind a load balancer: the client is who its PROXY header says.
+        if let Some(client) = crate::proxy_protocol::accept(&mut tcp, record.downstream, trusted, plan.handshake_timeout).await? {
+            record.downstream = client;
+        }
+    }
     let (downstream, route) = match &plan.routing {
         Routing::Plain(route) => (Either::Left(tcp), route.clone()),
         // Boxed: the handshake's state is large and only needed until it completes, so
@@ -79,10 +86,17 @@ async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord)
         Routing::Tls(routing) => Box::pin(accept(tcp, routing, record)).await?,
     };
     record.route = Some(route.name.clone());
-    record.destination_service = Some(route.host.clone());
+    // An `{sni}` upstream's destination is the name the client sent.
+    let sni = record.sni.as_deref().map(str::to_ascii_lowercase);
+    let destination = if route.host == crate::config::sni::SNI_HOST { sni.clone() } else { None };
+    record.destination_service = Some(destination.unwrap_or_else(|| route.host.clone()));
     record.protocol = route.protocol.as_str();
     tracing::Span::current().record("route", route.name.as_str());
-    let dial = Dialer { route: &route, resolver: &context.resolver };
+    if !route.source_ranges.is_empty() && !crate::proxy_protocol::within(&route.source_ranges, record.downstream.ip()) {
+        return Err(ConnError::SourceDenied { client: record.downstream.ip(), route: route.name.clone() });
+    }
+    let proxy_header = proxy_header(&route, record, local)?;
+    let dial = Dialer { route: &route, resolver: &context.resolver, sni: sni.as_deref(), proxy_header: proxy_header.as_deref() };
     let connecting = Instant::now();
     let upstream = if route.protocol == Protocol::Tcp {
         authorize(&route, record.sides.identity.as_ref())?;
@@ -144,6 +158,17 @@ fn refused_after_handshake(error: ConnError, route: &Route, record: &ConnectionR
         }),
         _ => error,
     }
+}
+
+/// The PROXY protocol header the route writes upstream: the client's address, the
+/// address it connected to, and the identity it presented (known here at TLS listeners;
+/// a database client's in-protocol TLS comes after the upstream connect).
+fn proxy_header(route: &Route, record: &ConnectionRecord, local: std::net::SocketAddr) -> Result<Option<Vec<u8>>, ConnError> {
+    let Some(version) = route.send_proxy else { return Ok(None) };
+    let identity = record.sides.identity.as_ref().map(ToString::to_string);
+    crate::proxy_protocol::header(version, record.downstream, local, identity.as_deref())
+        .map(Some)
+        .map_err(|e| ConnError::upstream(format!("cannot build the PROXY protocol header: {e}")))
 }
 
 /// The route's allow list against the client's identity.

@@ -72,6 +72,7 @@ pub async fn client(config: &Config, address: SocketAddr, sni: String, cert: Pat
         sni: server_name,
         subject_alt_names: None,
         verify_hostname: false,
+        sni_from_client: false,
         policy: TlsPolicy::default(),
     };
     let probe = Probe { host: address.ip().to_string(), port: address.port(), sni, tls: Some(tls), protocol: Protocol::Tcp };

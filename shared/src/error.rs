@@ -74,6 +74,10 @@ pub enum Refusal {
     ListenerRemoved,
     /// The client's identity is not on the route's allow list.
     DeniedIdentity,
+    /// The client's address is outside the route's `source_ranges`.
+    DeniedSource,
+    /// A PROXY protocol header was missing, invalid, or sent from an untrusted address.
+    ProxyProtocol,
     /// Anything else: I/O errors, alerts from the client, protocol violations, ...
     Other,
 }
@@ -95,6 +99,8 @@ impl Refusal {
             Refusal::ClientClosed => "client_closed",
             Refusal::ListenerRemoved => "listener_removed",
             Refusal::DeniedIdentity => "denied_identity",
+            Refusal::DeniedSource => "denied_source",
+            Refusal::ProxyProtocol => "proxy_protocol",
             Refusal::Other => "other",
         }
     }
@@ -297,6 +303,17 @@ pub enum ConnError {
         /// The route it asked for.
         route: String,
     },
+    /// The client's address is outside the route's `source_ranges`.
+    #[error("client address {client} is outside route {route:?}'s source_ranges")]
+    SourceDenied {
+        /// The client's address (the PROXY header's source, where one was accepted).
+        client: std::net::IpAddr,
+        /// The route it asked for.
+        route: String,
+    },
+    /// The listener's PROXY protocol header was refused.
+    #[error(transparent)]
+    ProxyProtocol(#[from] crate::proxy_protocol::ProxyError),
     /// The upstream could not be reached or refused us.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -381,6 +398,8 @@ impl ConnError {
             ConnError::NoSni => refused(Refusal::NoSni),
             ConnError::ClientProtocol { refusal, .. } => refused(*refusal),
             ConnError::Denied { .. } => Class { outcome: Outcome::Denied, refusal: Some(Refusal::DeniedIdentity), level: Level::WARN },
+            ConnError::SourceDenied { .. } => Class { outcome: Outcome::Denied, refusal: Some(Refusal::DeniedSource), level: Level::WARN },
+            ConnError::ProxyProtocol(_) => refused(Refusal::ProxyProtocol),
             ConnError::Upstream(_) => Class { outcome: Outcome::UpstreamFailed, refusal: None, level: Level::WARN },
             ConnError::Relay { source, .. } => {
                 let normal = matches!(source.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe);

@@ -93,6 +93,16 @@ pub struct NegotiationLabels {
     pub outcome: &'static str,
 }
 
+/// Labels naming one upstream endpoint of a route (its configured `host:port`; never a
+/// resolved address, so the series are bounded by the configuration).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// Route name.
+    pub route: String,
+    /// The endpoint's configured address.
+    pub endpoint: String,
+}
+
 /// Labels of a reload result.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -216,6 +226,7 @@ labels! {
     CredentialLabels => [file, serial],
     ReloadLabels => [result],
     NegotiationLabels => [route, protocol, tls, outcome],
+    EndpointLabels => [route, endpoint],
     IstioTcpLabels => [reporter, source_workload, source_workload_namespace, source_principal, source_canonical_service,
         source_canonical_revision, source_cluster, destination_workload, destination_workload_namespace, destination_principal,
         destination_canonical_service, destination_canonical_revision, destination_service, destination_service_name,
@@ -301,6 +312,25 @@ impl<L: Labels> GaugeVec<L> {
     }
 }
 
+impl<L: Labels> GaugeVec<L> {
+    /// Sets the series `labels` to `value` (OTLP gets the difference).
+    pub fn set(&self, labels: &L, value: i64) {
+        let old = self.prometheus.get_or_create(labels).set(value);
+        if let Some(otlp) = &self.otlp {
+            otlp.add(value - old, &labels.attributes());
+        }
+    }
+
+    /// Drops the series `labels` (its endpoint or route is gone).
+    pub fn remove(&self, labels: &L) {
+        let old = self.prometheus.get_or_create(labels).get();
+        self.prometheus.remove(labels);
+        if let Some(otlp) = &self.otlp {
+            otlp.add(-old, &labels.attributes());
+        }
+    }
+}
+
 /// A gauge of absolute values in both exports.
 pub struct FloatGaugeVec<L: Labels> {
     prometheus: Family<L, Gauge<f64, AtomicU64>>,
@@ -371,6 +401,19 @@ pub struct Metrics {
     pub reloads: CounterVec<ReloadLabels>,
     /// Database protocol negotiations, by which sides became TLS and how they ended.
     pub negotiations: CounterVec<NegotiationLabels>,
+    /// Addresses of an endpoint that take traffic now (resolved, not ejected, passing
+    /// their active health check).
+    pub endpoint_healthy: GaugeVec<EndpointLabels>,
+    /// Addresses of an endpoint ejected by outlier detection now.
+    pub endpoint_ejected: GaugeVec<EndpointLabels>,
+    /// Ejections by outlier detection.
+    pub endpoint_ejections: CounterVec<EndpointLabels>,
+    /// Connections served by an endpoint of a worse priority than the route's best.
+    pub endpoint_failovers: CounterVec<EndpointLabels>,
+    /// Active health-check probe times (connect, plus the handshake for `tls`).
+    pub health_check_seconds: HistogramVec<EndpointLabels>,
+    /// Active health-check probes that failed.
+    pub health_check_failures: CounterVec<EndpointLabels>,
     /// Istio's `istio_tcp_connections_opened_total`, with Istio's labels.
     pub istio_opened: CounterVec<IstioTcpLabels>,
     /// Istio's `istio_tcp_connections_closed_total`.
@@ -409,6 +452,12 @@ impl Metrics {
             cert_not_after: d.float_gauge("certificate_not_after_seconds", "Expiry of each loaded certificate (Unix time)"),
             reloads: d.counter("config_reloads", "Configuration and credential reloads, by result"),
             negotiations: d.counter("database_negotiations", "MySQL/PostgreSQL in-protocol TLS negotiations, by TLS sides and outcome"),
+            endpoint_healthy: d.gauge("upstream_endpoint_healthy", "Addresses of an upstream endpoint that take traffic now"),
+            endpoint_ejected: d.gauge("upstream_endpoint_ejected", "Addresses of an upstream endpoint ejected by outlier detection now"),
+            endpoint_ejections: d.counter("upstream_endpoint_ejections", "Addresses ejected by outlier detection"),
+            endpoint_failovers: d.counter("upstream_endpoint_failovers", "Connections served by an endpoint of a worse priority than the route's best"),
+            health_check_seconds: d.histogram("upstream_health_check_seconds", "Active health-check probe time", connect_histogram),
+            health_check_failures: d.counter("upstream_health_check_failures", "Active health-check probes that failed"),
             registry: Registry::default(),
         };
         Metrics { registry, ..metrics }

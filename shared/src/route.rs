@@ -20,6 +20,7 @@ use serde_spanned::Spanned;
 use crate::authz::AllowList;
 use crate::config::{CertKey, Config, ConfigError, Finding, ListenerConfig, ListenerKind, ListenerTls, RouteConfig, TlsMode, TlsPolicy};
 use crate::config::{PeerAuth, Protocol, SslMode, TcpKeepalive};
+use crate::endpoints::{EndpointSet, Registry};
 use crate::tls;
 
 /// One destination, ready to connect to.
@@ -47,6 +48,12 @@ pub struct Route {
     pub keepalive: TcpKeepalive,
     /// Round-robin cursor over the resolved addresses.
     next_address: AtomicUsize,
+    /// The endpoints to connect to, with priorities, weights and address health.
+    pub endpoints: EndpointSet,
+    /// The PROXY protocol header written to the upstream after connecting, if any.
+    pub send_proxy: Option<crate::config::ProxyVersion>,
+    /// Client address ranges allowed; empty: any.
+    pub source_ranges: Vec<ipnet::IpNet>,
 }
 
 /// Client-side TLS inside a database protocol.
@@ -65,6 +72,8 @@ pub struct Origination {
     pub config: Arc<ClientConfig>,
     /// Sent as SNI and verified against the server's certificate.
     pub server_name: ServerName<'static>,
+    /// An `{sni}` upstream: each connection sends and verifies its client's SNI instead.
+    pub from_client: bool,
 }
 
 impl Route {
@@ -97,6 +106,9 @@ pub enum Routing {
 pub struct TlsRouting {
     /// Lower-case SNI host -> route.
     pub by_sni: HashMap<String, TlsEntry>,
+    /// Lower-case `*.suffix` patterns and their routes, longest first (the most
+    /// specific wins); consulted when no exact host matched.
+    pub wildcards: Vec<(String, TlsEntry)>,
     /// Route for clients that send no SNI.
     pub default: Option<TlsEntry>,
     /// Answers unknown SNI with an alert.
@@ -114,7 +126,12 @@ impl TlsRouting {
     /// The entry for a ClientHello's SNI; `None` means refuse.
     pub fn select(&self, sni: Option<&str>) -> Option<&TlsEntry> {
         match sni {
-            Some(host) => self.by_sni.get(&host.to_ascii_lowercase()),
+            Some(host) => {
+                let host = host.to_ascii_lowercase();
+                self.by_sni
+                    .get(&host)
+                    .or_else(|| self.wildcards.iter().find(|(pattern, _)| crate::config::sni::wildcard_matches(pattern, &host)).map(|(_, entry)| entry))
+            }
             None => self.default.as_ref(),
         }
     }
@@ -138,6 +155,8 @@ pub struct ListenerPlan {
     pub keepalive: TcpKeepalive,
     /// How often a relaying connection writes a periodic access-log record, if at all.
     pub flush_interval: Option<Duration>,
+    /// Where a PROXY protocol header is accepted from; `None`: not at all.
+    pub proxy_trusted: Option<Vec<ipnet::IpNet>>,
 }
 
 /// The whole routing state of a process: what a reload replaces.
@@ -154,7 +173,13 @@ impl RouteTable {
     /// be used is reported at the config entry and field that named it, and every such
     /// file is reported, not only the first.
     pub fn build(config: &Config) -> Result<RouteTable, ConfigError> {
-        let mut b = Builder { config, loaded: Loaded::default(), problems: Vec::new() };
+        Self::build_with(config, &Registry::default())
+    }
+
+    /// [`RouteTable::build`] with the endpoint health of `registry`: a route keeps the
+    /// state of the endpoints it still lists (a running gateway's reload).
+    pub fn build_with(config: &Config, registry: &Registry) -> Result<RouteTable, ConfigError> {
+        let mut b = Builder { config, loaded: Loaded::default(), problems: Vec::new(), registry };
         let mut routes = HashMap::new();
         for (i, r) in config.routes.iter().enumerate() {
             if let Some(route) = build_route(&mut b, i, r) {
@@ -188,6 +213,7 @@ struct Builder<'c> {
     config: &'c Config,
     loaded: Loaded,
     problems: Vec<Finding>,
+    registry: &'c Registry,
 }
 
 impl Builder<'_> {
@@ -222,7 +248,7 @@ fn build_route(b: &mut Builder<'_>, i: usize, r: &Spanned<RouteConfig>) -> Optio
             // Built even when the key failed, so a bad CA is reported too.
             let client = tls::client_config(key.clone().flatten(), tls).map_err(|e| b.fail(r.span(), field, e)).ok();
             match (key, client) {
-                (Some(_), Some(config)) => Some(Some(Origination { config, server_name: tls.sni.clone() })),
+                (Some(_), Some(config)) => Some(Some(Origination { config, server_name: tls.sni.clone(), from_client: tls.sni_from_client })),
                 _ => None,
             }
         }
@@ -240,6 +266,9 @@ fn build_route(b: &mut Builder<'_>, i: usize, r: &Spanned<RouteConfig>) -> Optio
         downstream_ssl: downstream_ssl?,
         keepalive: route.tcp_keepalive,
         next_address: AtomicUsize::new(0),
+        endpoints: EndpointSet::new(&route.name, &route.endpoints, route.outlier_detection, route.health_check, b.registry),
+        send_proxy: route.send_proxy_protocol,
+        source_ranges: route.source_ranges.clone(),
     })
 }
 
@@ -287,6 +316,7 @@ fn build_listener(b: &mut Builder<'_>, i: usize, l: &Spanned<ListenerConfig>, ro
         routing,
         keepalive: listener.tcp_keepalive,
         flush_interval: listener.access_log_flush_interval,
+        proxy_trusted: listener.proxy_protocol.as_ref().map(|p| p.trusted.clone()),
     })
 }
 
@@ -315,6 +345,7 @@ fn build_tls_routing(
         None => None,
     };
     let mut by_sni = HashMap::new();
+    let mut wildcards = Vec::new();
     let mut entries = HashMap::new();
     for (j, r) in config.routes.iter().enumerate() {
         let rc = r.get_ref();
@@ -347,8 +378,12 @@ fn build_tls_routing(
         // A route that failed to build has said why.
         let Some(route) = routes.get(rc.name.as_str()) else { continue };
         let entry = TlsEntry { route: route.clone(), server };
-        for host in &rc.hosts {
-            by_sni.insert(host.to_ascii_lowercase(), entry.clone());
+        for host in rc.hosts.iter().map(|h| h.to_ascii_lowercase()) {
+            if crate::config::sni::is_wildcard(&host) {
+                wildcards.push((host, entry.clone()));
+            } else {
+                by_sni.insert(host, entry.clone());
+            }
         }
         entries.insert(rc.name.as_str(), entry);
     }
@@ -364,8 +399,10 @@ fn build_tls_routing(
             }
         },
     };
+    wildcards.sort_by_key(|(pattern, _): &(String, TlsEntry)| std::cmp::Reverse(pattern.len()));
     TlsRouting {
         by_sni,
+        wildcards,
         default,
         refuse: tls::refusing_server_config(),
         handshake_timeout: listener.handshake_timeout,
@@ -457,6 +494,52 @@ allow = ["spiffe://cluster.local/ns/default/sa/*"]
         assert!(api.origination.is_none());
         assert_eq!(api.allow.0, [crate::authz::Pattern::Uri("spiffe://cluster.local/ns/default/sa/*".into())]);
         assert_eq!(table.credentials.len(), 2, "mesh and client certificates: {:?}", table.credentials);
+    }
+
+    #[test]
+    fn exact_hosts_win_then_the_longest_wildcard() {
+        let pki = Pki::new("wildcards");
+        let config = egress(
+            &pki,
+            r#"
+[[route]]
+name = "mysql"
+upstream = "db.example.com:13306"
+upstream_tls = { mode = "disable" }
+
+[[route]]
+name = "exact"
+hosts = ["A.db.example.com"]
+listeners = ["mesh"]
+upstream = "10.0.0.1:5432"
+upstream_tls = { mode = "disable" }
+
+[[route]]
+name = "family"
+hosts = ["*.db.example.com"]
+listeners = ["mesh"]
+upstream = "{sni}:5432"
+upstream_tls = { mode = "disable" }
+
+[[route]]
+name = "deeper"
+hosts = ["*.eu.db.example.com"]
+listeners = ["mesh"]
+upstream = "{sni}:5433"
+upstream_tls = { mode = "disable" }
+"#,
+        );
+        let table = RouteTable::build(&config).unwrap_or_else(|e| panic!("{e}"));
+        let Routing::Tls(mesh) = &table.listener("mesh").unwrap().routing else { panic!("TLS listener") };
+        let picked = |sni: &str| mesh.select(Some(sni)).map(|e| e.route.name.clone());
+        assert_eq!(picked("a.db.example.com").as_deref(), Some("exact"));
+        assert_eq!(picked("B.db.example.com").as_deref(), Some("family"));
+        assert_eq!(picked("x.eu.db.example.com").as_deref(), Some("deeper"));
+        assert_eq!(picked("x.y.db.example.com").as_deref(), Some("family"), "a wildcard stands for one or more labels");
+        assert_eq!(picked("db.example.com"), None, "not the bare suffix");
+        assert_eq!(picked("c.other.example"), None);
+        let family = mesh.select(Some("b.db.example.com")).unwrap();
+        assert_eq!((family.route.host.as_str(), family.route.port), (crate::config::sni::SNI_HOST, 5432));
     }
 
     #[test]

@@ -4,13 +4,15 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use rustls_pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 
 use crate::error::{ConnError, ConnectFailure, UpstreamError};
-use crate::resolve::{ResolveError, Resolver};
+use crate::resolve::Resolver;
 use crate::route::Route;
 
 pub use crate::stream::Stream;
@@ -35,6 +37,12 @@ pub struct Dialer<'a> {
     pub route: &'a Route,
     /// Name resolution.
     pub resolver: &'a Resolver,
+    /// The SNI the client sent (lower case), if any: an `{sni}` upstream connects to it,
+    /// and its origination sends and verifies it.
+    pub sni: Option<&'a str>,
+    /// The PROXY protocol header to write first on every upstream connection (the
+    /// route's `send_proxy_protocol`), if any.
+    pub proxy_header: Option<&'a [u8]>,
 }
 
 impl Dialer<'_> {
@@ -44,32 +52,44 @@ impl Dialer<'_> {
         Ok((self.originate(addr, tcp).await?, addr))
     }
 
-    /// The TCP part of [`Dialer::connect`]: resolve, then the first address (round robin)
-    /// that accepts within the connect timeout. Database routes negotiate TLS inside
-    /// their protocol before calling [`Dialer::originate`].
+    /// The TCP part of [`Dialer::connect`]: resolve every endpoint, then the first
+    /// address that accepts within the connect timeout, in the order of
+    /// [`crate::endpoints`] (lowest priority first, usable addresses only, round robin).
+    /// Database routes negotiate TLS inside their protocol before calling
+    /// [`Dialer::originate`].
     pub async fn tcp(&self) -> Result<(TcpStream, SocketAddr), UpstreamError> {
         let route = self.route;
-        let addrs = match timeout(route.connect_timeout, self.resolver.lookup(&route.host, route.port)).await {
-            Ok(answer) => answer?,
-            Err(_) => {
-                let reason = format!("no answer within connect_timeout ({:?})", route.connect_timeout);
-                return Err(ResolveError::Lookup { host: route.host.clone(), reason }.into());
-            }
-        };
-        let first = route.first_address(addrs.len());
+        let set = &route.endpoints;
+        let candidates = set.candidates(self.resolver, route.connect_timeout, self.sni).await?;
         let mut failures = Vec::new();
-        for addr in addrs.iter().cycle().skip(first).take(addrs.len()) {
+        for candidate in &candidates {
+            let addr = candidate.addr;
             let error = match timeout(route.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(tcp)) => {
-                    crate::socket::tune(&tcp, &route.keepalive);
-                    return Ok((tcp, *addr));
-                }
+                Ok(Ok(mut tcp)) => match self.send_proxy_header(&mut tcp).await {
+                    Ok(()) => {
+                        crate::socket::tune(&tcp, &route.keepalive);
+                        set.connected(candidate, route.origination.is_none());
+                        return Ok((tcp, addr));
+                    }
+                    Err(e) => Some(e),
+                },
                 Ok(Err(e)) => Some(e),
                 Err(_) => None,
             };
-            failures.push(ConnectFailure { addr: *addr, error, timeout: route.connect_timeout });
+            set.failed(addr);
+            failures.push(ConnectFailure { addr, error, timeout: route.connect_timeout });
         }
         Err(UpstreamError::Connect(failures))
+    }
+
+    /// Writes the PROXY protocol header, if the route sends one, within the connect
+    /// timeout.
+    async fn send_proxy_header(&self, tcp: &mut TcpStream) -> std::io::Result<()> {
+        let Some(header) = self.proxy_header else { return Ok(()) };
+        match timeout(self.route.connect_timeout, tcp.write_all(header)).await {
+            Ok(written) => written,
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "writing the PROXY protocol header timed out")),
+        }
     }
 
     /// Originates the route's TLS on `tcp` (plain when the route disables it).
@@ -78,13 +98,97 @@ impl Dialer<'_> {
         let Some(origination) = &route.origination else {
             return Ok(Either::Left(tcp));
         };
-        let failed = |reason: String| UpstreamError::Tls { addr, sni: origination.server_name.to_str().into_owned(), reason };
-        let connector = TlsConnector::from(origination.config.clone());
-        let handshake = connector.connect(origination.server_name.clone(), tcp);
-        match timeout(route.connect_timeout, handshake).await {
-            Ok(Ok(tls)) => Ok(Either::Right(tls.into())),
-            Ok(Err(e)) => Err(failed(crate::tls::describe(&e))),
-            Err(_) => Err(failed(format!("handshake timed out after {:?}", route.connect_timeout))),
+        let server_name = match (origination.from_client, self.sni) {
+            (true, Some(sni)) => ServerName::try_from(sni.to_owned()).map_err(|_| UpstreamError::Tls {
+                addr,
+                sni: sni.to_owned(),
+                reason: "the client's SNI is not a DNS name".into(),
+            })?,
+            _ => origination.server_name.clone(),
+        };
+        let failed = |reason: String| UpstreamError::Tls { addr, sni: server_name.to_str().into_owned(), reason };
+        let result = match handshake(origination, server_name.clone(), tcp, route.connect_timeout).await {
+            Ok(tls) => Ok(Either::Right(tls.into())),
+            Err(reason) => Err(failed(reason)),
+        };
+        match &result {
+            Ok(_) => route.endpoints.succeeded(addr),
+            Err(_) => route.endpoints.failed(addr),
         }
+        result
+    }
+}
+
+/// The origination handshake alone, within `limit`: what a connection and a `tls`
+/// health check both do, sending and verifying `server_name`. The error is the reason
+/// in words.
+pub async fn handshake(
+    origination: &crate::route::Origination,
+    server_name: ServerName<'static>,
+    tcp: TcpStream,
+    limit: std::time::Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let connector = TlsConnector::from(origination.config.clone());
+    let handshake = connector.connect(server_name, tcp);
+    match timeout(limit, handshake).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(e)) => Err(crate::tls::describe(&e)),
+        Err(_) => Err(format!("handshake timed out after {limit:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::{Config, Role};
+    use crate::endpoints::Registry;
+    use crate::metrics::Metrics;
+    use crate::route::{RouteTable, Routing};
+
+    #[tokio::test]
+    async fn a_refused_primary_falls_through_to_the_next_priority_and_is_ejected() {
+        let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let text = format!(
+            r#"
+[[listener]]
+name = "p"
+address = "127.0.0.1:0"
+route = "r"
+
+[[route]]
+name = "r"
+upstreams = [{{ address = "{dead}", priority = 0 }}, {{ address = "{live}", priority = 1 }}]
+upstream_tls = {{ mode = "disable" }}
+outlier_detection = {{ consecutive_failures = 2, max_ejection_percent = 50 }}
+"#,
+            live = live.local_addr().unwrap()
+        );
+        let config = Config::parse(Path::new("t.toml"), text, Role::Egress).unwrap();
+        let metrics = Arc::new(Metrics::new(None));
+        let registry = Registry::new(metrics.clone());
+        let table = RouteTable::build_with(&config, &registry).unwrap();
+        let Routing::Plain(route) = &table.listener("p").unwrap().routing else { panic!("plain") };
+        let resolver = Resolver::new(&crate::config::ResolverSettings::default()).unwrap();
+        let dial = Dialer { route, resolver: &resolver, sni: None, proxy_header: None };
+        for _ in 0..3 {
+            let (_tcp, addr) = dial.tcp().await.unwrap();
+            assert_eq!(addr, live.local_addr().unwrap());
+        }
+        let text = metrics.encode();
+        let labels = format!("{{route=\"r\",endpoint=\"{dead}\"}}");
+        assert!(text.contains(&format!("strait_upstream_endpoint_ejected{labels} 1")), "{text}");
+        assert!(text.contains(&format!("strait_upstream_endpoint_ejections_total{labels} 1")), "{text}");
+        assert!(text.contains(&format!("strait_upstream_endpoint_failovers_total{{route=\"r\",endpoint=\"{}\"}} 3", live.local_addr().unwrap())), "{text}");
+        let report = registry.report();
+        assert_eq!(report["r"][0]["endpoint"], dead.to_string(), "{report}");
+        assert_eq!(report["r"][0]["addresses"][0]["state"], "ejected", "{report}");
+        // The third connection did not try the ejected address at all.
+        assert_eq!(report["r"][0]["addresses"][0]["consecutive_failures"], 0, "{report}");
     }
 }

@@ -14,9 +14,12 @@
 //! of the crate: it uses rustls' own value types (cipher suites, server names) but
 //! nothing of [`crate::tls`], which builds rustls configurations from these types.
 
+pub mod endpoints;
 mod fields;
 mod model;
+pub mod proxy;
 mod schema;
+pub mod sni;
 mod validate;
 mod values;
 
@@ -29,7 +32,9 @@ use serde::Serialize;
 use serde_spanned::Spanned;
 use toml::de::{DeTable, DeValue};
 
+pub use endpoints::{Endpoint, HealthCheck, HealthCheckKind, OutlierDetection};
 pub use model::{CertKey, DownstreamTls, ListenerConfig, ListenerKind, ListenerTls, RouteConfig, TlsPolicy, UpstreamTls};
+pub use proxy::{ProxyProtocol, ProxyVersion};
 pub use schema::{
     AdminSettings, HealthSettings, MetricsSettings, PeerAuth, ProcessSettings, Protocol, ResolverSettings, SslMode, TcpKeepalive, TelemetrySettings, TlsMode,
     TlsVersion,

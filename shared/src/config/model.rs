@@ -47,6 +47,9 @@ pub struct ListenerConfig {
     /// for up to `handshake_timeout`.
     #[serde(with = "humantime_serde")]
     pub permissive_detection_window: Option<Duration>,
+    /// Where a PROXY protocol header is accepted from; `None`: never (the TCP peer is
+    /// the client).
+    pub proxy_protocol: Option<super::proxy::ProxyProtocol>,
 }
 
 /// What a listener does with a connection.
@@ -133,6 +136,9 @@ pub struct UpstreamTls {
     pub subject_alt_names: Option<Vec<Pattern>>,
     /// With `subject_alt_names`, also check the certificate against `sni`.
     pub verify_hostname: bool,
+    /// An `{sni}` upstream without an explicit `sni`: each connection sends and
+    /// verifies the name its client sent, and `sni` (`sni.invalid`) is not used.
+    pub sni_from_client: bool,
     /// Versions and suites.
     #[serde(flatten)]
     pub policy: TlsPolicy,
@@ -166,8 +172,15 @@ pub struct RouteConfig {
     pub hosts: Vec<String>,
     /// TLS listeners whose SNI table holds this route; all of them when absent.
     pub listeners: Option<Vec<String>>,
-    /// Where it connects.
+    /// Where it connects: the first endpoint of the lowest priority (the only one of
+    /// the `upstream = "..."` form); names the destination in logs and metrics.
     pub upstream: HostPort,
+    /// Every endpoint, in file order (one for the `upstream` form).
+    pub endpoints: Vec<super::endpoints::Endpoint>,
+    /// Passive outlier detection, when configured.
+    pub outlier_detection: Option<super::endpoints::OutlierDetection>,
+    /// Active health checks, when configured.
+    pub health_check: Option<super::endpoints::HealthCheck>,
     /// Longest wait for one TCP connect to one upstream address.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -191,6 +204,10 @@ pub struct RouteConfig {
     pub downstream_ssl_mode: SslMode,
     /// TCP keepalive on the upstream connections of this route.
     pub tcp_keepalive: TcpKeepalive,
+    /// The PROXY protocol header written to the upstream, if any.
+    pub send_proxy_protocol: Option<super::proxy::ProxyVersion>,
+    /// Client address ranges allowed; empty: any.
+    pub source_ranges: Vec<ipnet::IpNet>,
 }
 
 impl RouteConfig {

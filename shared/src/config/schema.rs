@@ -49,6 +49,8 @@ pub struct RawListener {
     /// a plaintext client waiting for the server's greeting (default 50ms).
     #[serde(default, with = "humantime_serde")]
     pub permissive_detection_window: Option<Duration>,
+    /// Accept a PROXY protocol header (v1 or v2) from these trusted ranges only.
+    pub proxy_protocol: Option<super::proxy::RawProxyProtocol>,
 }
 
 /// One `[[route]]` as written.
@@ -62,7 +64,14 @@ pub struct RawRoute {
     /// TLS listeners whose SNI table holds this route; all of them when absent.
     pub listeners: Option<Vec<String>>,
     /// `host:port`; the host is a DNS name (resolved, round robin) or an IP address.
-    pub upstream: String,
+    /// The one-endpoint form of `upstreams`.
+    pub upstream: Option<String>,
+    /// Several endpoints with priorities and weights (see [`super::endpoints`]).
+    pub upstreams: Option<Vec<super::endpoints::RawEndpoint>>,
+    /// Passive outlier detection per resolved address (Envoy's `outlier_detection`).
+    pub outlier_detection: Option<super::endpoints::OutlierDetection>,
+    /// Active health checks of every endpoint address.
+    pub health_check: Option<super::endpoints::HealthCheck>,
     /// Longest wait for one TCP connect to one upstream address.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -84,6 +93,12 @@ pub struct RawRoute {
     /// TCP keepalive on the upstream connections of this route.
     #[serde(default)]
     pub tcp_keepalive: TcpKeepalive,
+    /// Write a PROXY protocol header of this version to the upstream.
+    pub send_proxy_protocol: Option<super::proxy::ProxyVersion>,
+    /// Client address ranges allowed on this route (the PROXY header's source where one
+    /// was accepted); any when empty.
+    #[serde(default)]
+    pub source_ranges: Vec<String>,
 }
 
 /// A `tls`, `upstream_tls` or `downstream_tls` table as written. Credential files follow

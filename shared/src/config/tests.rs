@@ -195,9 +195,49 @@ fn every_value_of_the_wrong_type_is_reported() {
 
 #[test]
 fn a_missing_required_field_stops_before_the_meaning_checks() {
-    let text = EGRESS.replace("upstream = \"db.example.com:13306\"", "");
+    let text = EGRESS.replace("name = \"mysql\"\nhosts", "hosts");
     let found = findings(Role::Egress, &text);
-    assert_eq!(found, ["test.toml:11:1: route[0] (mysql): missing field `upstream`"]);
+    assert_eq!(found, ["test.toml:11:1: route[0]: missing field `name`"]);
+}
+
+#[test]
+fn upstream_or_upstreams_exactly_once_with_checked_endpoints() {
+    let none = EGRESS.replace("upstream = \"db.example.com:13306\"", "");
+    let found = findings(Role::Egress, &none);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("test.toml:11:1: route[0] (mysql).upstream: missing: give `upstream"), "{found:?}");
+    let several = "upstreams = [{ address = \"a.example.com:13306\", priority = 1 }, { address = \"b.example.com:13306\", weight = 3 }]";
+    let both = EGRESS.replace("upstream = \"db.example.com:13306\"", &format!("upstream = \"db.example.com:13306\"\n{several}"));
+    assert!(findings(Role::Egress, &both)[0].contains("route[0] (mysql).upstreams: give either"), "{:?}", findings(Role::Egress, &both));
+    // Two hosts: the origination name must be explicit.
+    let text = EGRESS.replace("upstream = \"db.example.com:13306\"", several);
+    let found = findings(Role::Egress, &text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("test.toml:11:1: route[0] (mysql).upstream_tls.sni: the upstreams have different hosts"), "{found:?}");
+    let text = text.replace("dir = \"/certs/client\" }", "dir = \"/certs/client\", sni = \"db.example.com\" }");
+    let route = parse(Role::Egress, &text).unwrap().routes.remove(0).into_inner();
+    assert_eq!(route.upstream.to_string(), "b.example.com:13306", "the first of the best priority names the route");
+    assert_eq!(route.endpoints.iter().map(|e| (e.priority, e.weight)).collect::<Vec<_>>(), [(1, 1), (0, 3)]);
+    // The new tables' fields are known, and typos in them are found.
+    let tables = "outlier_detection = { consecutive_failures = 3, base_ejection_time = \"1s\", max_ejection_percent = 50 }\n\
+        health_check = { kind = \"tls\", interval = \"2s\", timeout = \"500ms\", unhealthy_treshold = 2 }";
+    let text = text.replace("upstream_tls =", &format!("{tables}\nupstream_tls ="));
+    let found = findings(Role::Egress, &text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("route[0] (mysql).health_check.unhealthy_treshold: unknown field `unhealthy_treshold`: did you mean `unhealthy_threshold`?"),
+        "{found:?}"
+    );
+    let route = parse(Role::Egress, &text.replace("treshold", "threshold")).unwrap().routes.remove(0).into_inner();
+    let check = route.health_check.unwrap();
+    assert_eq!(
+        (check.kind, check.interval, check.timeout, check.healthy_threshold),
+        (HealthCheckKind::Tls, Duration::from_secs(2), Duration::from_millis(500), 1)
+    );
+    let outlier = route.outlier_detection.unwrap();
+    assert_eq!((outlier.consecutive_failures, outlier.max_ejection_percent, outlier.max_ejection_time), (3, 50, Duration::from_secs(300)));
+    let bad = text.replace("treshold", "threshold").replace("base_ejection_time = \"1s\"", "base_ejection_time = \"0s\"");
+    assert!(findings(Role::Egress, &bad)[0].contains("route[0] (mysql).outlier_detection.base_ejection_time: must be more than 0"));
 }
 
 #[test]
@@ -384,4 +424,49 @@ fn a_permissive_mysql_default_route_gets_a_detection_window_and_only_it_may_set_
         let found = findings(Role::Egress, &set(&as_mysql, bad));
         assert!(found[0].contains("permissive_detection_window: must be more than 0, at most 1s and less than handshake_timeout"), "{bad}: {found:#?}");
     }
+}
+
+#[test]
+fn sni_upstreams_need_wildcard_hosts_at_tls_listeners_only() {
+    let route = |extra: &str| {
+        format!("{EGRESS}\n[[route]]\nname = \"family\"\nhosts = [\"*.db.example.com\"]\nupstream = \"{{sni}}:5432\"\nupstream_tls = {{ mode = \"mutual\", dir = \"/certs/client\" }}\n{extra}")
+    };
+    let c = parse(Role::Egress, &route("")).unwrap();
+    let family = c.routes[1].get_ref();
+    assert_eq!(family.upstream.to_string(), "{sni}:5432");
+    let tls = family.upstream_tls.as_ref().unwrap();
+    assert!(tls.sni_from_client, "each connection verifies its own client's name");
+    let found = findings(Role::Egress, &route("health_check = { kind = \"tcp\" }\nlisteners = [\"mysql\"]"));
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found.iter().any(|f| f.contains("route[1] (family).upstream: an \"{sni}\" upstream needs a TLS listener")), "{found:?}");
+    assert!(found.iter().any(|f| f.contains("route[1] (family).health_check: an \"{sni}\" upstream has no fixed address")), "{found:?}");
+    let text = EGRESS.replace("upstream = \"db.example.com:13306\"", "upstream = \"{sni}:13306\"");
+    let found = findings(Role::Egress, &text);
+    assert!(found.iter().any(|f| f.contains("listener \"mysql\" sends clients without SNI here")), "{found:?}");
+    for bad in ["*", "a.*.example.com", "*db.example.com"] {
+        let found = findings(Role::Egress, &EGRESS.replace("hosts = [\"db.example.com\"]", &format!("hosts = [\"{bad}\"]")));
+        assert_eq!(found.len(), 1, "{bad}: {found:?}");
+        assert!(found[0].contains("route[0] (mysql).hosts: "), "{found:?}");
+    }
+}
+
+#[test]
+fn proxy_protocol_and_source_ranges_are_checked_ranges() {
+    let text = EGRESS
+        .replace("route = \"mysql\"", "route = \"mysql\"\nproxy_protocol = { trusted = [\"127.0.0.0/8\", \"::1\"] }")
+        .replace("upstream = \"db.example.com:13306\"", "upstream = \"db.example.com:13306\"\nsend_proxy_protocol = \"v2\"\nsource_ranges = [\"10.0.0.0/8\"]");
+    let c = parse(Role::Egress, &text).unwrap();
+    let trusted = &c.listeners[1].get_ref().proxy_protocol.as_ref().unwrap().trusted;
+    assert_eq!(trusted.iter().map(ToString::to_string).collect::<Vec<_>>(), ["127.0.0.0/8", "::1/128"]);
+    let route = c.routes[0].get_ref();
+    assert_eq!((route.send_proxy_protocol, route.source_ranges.len()), (Some(ProxyVersion::V2), 1));
+    let bad = text.replace("\"::1\"", "\"lb.example.com\"").replace("10.0.0.0/8", "10.0.0.0/40");
+    let found = findings(Role::Egress, &bad);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found.iter().any(|f| f.contains("listener[1] (mysql).proxy_protocol.trusted: \"lb.example.com\" is not an address range")), "{found:?}");
+    assert!(found.iter().any(|f| f.contains("route[0] (mysql).source_ranges: \"10.0.0.0/40\" is not an address range")), "{found:?}");
+    let found = findings(Role::Egress, &text.replace("\"v2\"", "\"v3\""));
+    assert!(found.iter().any(|f| f.contains("route[0] (mysql).send_proxy_protocol: unknown variant `v3`")), "{found:?}");
+    let empty = text.replace("trusted = [\"127.0.0.0/8\", \"::1\"]", "trusted = []");
+    assert!(findings(Role::Egress, &empty)[0].contains("proxy_protocol.trusted: empty"));
 }

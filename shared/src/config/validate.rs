@@ -144,6 +144,19 @@ impl Validator<'_> {
             }
         };
         let permissive_detection_window = self.detection_window(raw, &mut at);
+        let proxy_protocol = match &raw.proxy_protocol {
+            None => Some(None),
+            Some(p) if p.trusted.is_empty() => {
+                at.add(
+                    "proxy_protocol.trusted",
+                    "empty: no address may send a PROXY header, so every connection would be refused; list the load balancer's ranges",
+                );
+                None
+            }
+            Some(p) => {
+                super::proxy::ranges(&p.trusted, "proxy_protocol.trusted", |f, m| at.add(f, m)).map(|trusted| Some(super::proxy::ProxyProtocol { trusted }))
+            }
+        };
         let kind = match &raw.tls {
             None => self.plain(raw, &mut at),
             Some(tls) => self.terminating(raw, tls, &mut at),
@@ -161,6 +174,7 @@ impl Validator<'_> {
             tcp_keepalive: raw.tcp_keepalive,
             access_log_flush_interval: raw.access_log_flush_interval,
             permissive_detection_window,
+            proxy_protocol: proxy_protocol?,
         })
     }
 
@@ -296,20 +310,28 @@ impl Validator<'_> {
             }
         }
         keepalive(&raw.tcp_keepalive, &mut at);
-        let upstream = HostPort::parse(&raw.upstream).map_err(|m| at.add("upstream", m)).ok();
+        let endpoints = super::endpoints::endpoints(raw.upstream.as_deref(), raw.upstreams.as_deref(), |f, m| at.add(f, m));
+        let upstream = endpoints.as_deref().and_then(primary);
+        self.endpoint_checks(raw, endpoints.as_deref(), &mut at);
         let listener_names: Vec<&str> = self.raw.listeners.iter().map(|l| l.get_ref().name.as_str()).collect();
         for name in raw.listeners.iter().flatten() {
             if !listener_names.contains(&name.as_str()) {
                 at.add("listeners", missing("listener", name, &listener_names));
             }
         }
-        for host in raw.hosts.iter().filter(|h| h.is_empty() || h.contains(':') || h.contains('*')) {
-            at.add("hosts", format!("{host:?} is not an exact DNS name (no ports, no wildcards)"));
+        for host in &raw.hosts {
+            if let Err(message) = super::sni::check_host(host) {
+                at.add("hosts", message);
+            }
+        }
+        if raw.upstream.as_deref().and_then(super::sni::dynamic_port).is_some() {
+            self.sni_upstream(raw, &mut at);
         }
         let allow: Vec<Option<Pattern>> = raw.allow.iter().map(|p| Pattern::parse(p).map_err(|e| at.add("allow", e.to_string())).ok()).collect();
         let upstream_tls = self.upstream_tls(raw, upstream.as_ref(), &mut at);
         let downstream_tls = downstream_tls(raw, &mut at);
         let downstream_ssl_mode = downstream_ssl_mode(raw, &mut at);
+        let source_ranges = super::proxy::ranges(&raw.source_ranges, "source_ranges", |f, m| at.add(f, m));
         if !at.clean() {
             return None;
         }
@@ -318,6 +340,9 @@ impl Validator<'_> {
             hosts: raw.hosts.clone(),
             listeners: raw.listeners.clone(),
             upstream: upstream?,
+            endpoints: endpoints?,
+            outlier_detection: raw.outlier_detection,
+            health_check: raw.health_check,
             connect_timeout: raw.connect_timeout,
             upstream_tls: upstream_tls?,
             downstream_tls: downstream_tls?,
@@ -326,7 +351,48 @@ impl Validator<'_> {
             protocol: raw.protocol,
             downstream_ssl_mode,
             tcp_keepalive: raw.tcp_keepalive,
+            send_proxy_protocol: raw.send_proxy_protocol,
+            source_ranges: source_ranges?,
         })
+    }
+
+    /// An `{sni}` upstream is reached only with an SNI that one of the route's hosts
+    /// matched: no plain listener or default route may lead to it, and there is no
+    /// fixed address to check or eject.
+    fn sni_upstream(&self, raw: &RawRoute, at: &mut At<'_, '_>) {
+        if raw.hosts.is_empty() {
+            at.add("hosts", "an \"{sni}\" upstream connects to the name the client sent: list the names (\"*.db.example.com\") it may be");
+        }
+        for l in self.raw.listeners.iter().map(|l| l.get_ref()) {
+            if l.route.as_deref() == Some(raw.name.as_str()) || l.default_route.as_deref() == Some(raw.name.as_str()) {
+                at.add("upstream", format!("listener {:?} sends clients without SNI here, and an \"{{sni}}\" upstream needs the client's SNI", l.name));
+            }
+        }
+        if self.tls_listeners_of(raw).next().is_none() {
+            at.add("upstream", "an \"{sni}\" upstream needs a TLS listener to read the SNI at: this route is served at none");
+        }
+        for (field, set) in [("outlier_detection", raw.outlier_detection.is_some()), ("health_check", raw.health_check.is_some())] {
+            if set {
+                at.add(field, "an \"{sni}\" upstream has no fixed address to check or eject: remove it");
+            }
+        }
+    }
+
+    /// Outlier detection, health checks, and the explicit SNI that several endpoint
+    /// hosts need.
+    fn endpoint_checks(&self, raw: &RawRoute, endpoints: Option<&[super::endpoints::Endpoint]>, at: &mut At<'_, '_>) {
+        if let Some(o) = &raw.outlier_detection {
+            super::endpoints::outlier_detection(o, |f, m| at.add(f, m));
+        }
+        let tls_mode = raw.upstream_tls.as_ref().and_then(|t| t.mode);
+        let originates = matches!(tls_mode, Some(TlsMode::Simple | TlsMode::Mutual));
+        if let Some(h) = &raw.health_check {
+            super::endpoints::health_check(h, originates, |f, m| at.add(f, m));
+        }
+        let sni = raw.upstream_tls.as_ref().and_then(|t| t.sni.as_ref());
+        if originates && sni.is_none() && endpoints.is_some_and(super::endpoints::needs_explicit_sni) {
+            at.add("upstream_tls.sni", "the upstreams have different hosts, so the name sent and verified cannot default to one of them: give `sni`");
+        }
     }
 
     /// `Some(None)` is plaintext: mode "disable", or no `upstream_tls` at the ingress
@@ -377,8 +443,11 @@ impl Validator<'_> {
             (TlsMode::Mutual, client) => client,
             _ => None,
         };
-        // Without its own `sni` the route sends the upstream host (already reported if bad).
-        let sni = match tls.sni.clone().or_else(|| upstream.map(|u| u.host.clone())) {
+        // Without its own `sni` the route sends the upstream host (already reported if
+        // bad), or, to an `{sni}` upstream, the client's SNI.
+        let sni_from_client = tls.sni.is_none() && upstream.is_some_and(|u| u.host == super::sni::SNI_HOST);
+        let default_sni = if sni_from_client { Some("sni.invalid".to_owned()) } else { upstream.map(|u| u.host.clone()) };
+        let sni = match tls.sni.clone().or(default_sni) {
             Some(name) => ServerName::try_from(name.clone()).map_err(|_| at.add("upstream_tls.sni", format!("{name:?} is not a DNS name or IP address"))).ok(),
             None => None,
         };
@@ -389,6 +458,7 @@ impl Validator<'_> {
             sni: sni?,
             subject_alt_names: subject_alt_names?,
             verify_hostname: tls.verify_hostname.unwrap_or(false),
+            sni_from_client,
             policy: policy?,
         }))
     }
@@ -414,6 +484,12 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// The endpoint that names the route's destination: the first of the lowest priority.
+fn primary(endpoints: &[super::endpoints::Endpoint]) -> Option<HostPort> {
+    let best = endpoints.iter().map(|e| e.priority).min()?;
+    endpoints.iter().find(|e| e.priority == best).map(|e| e.address.clone())
 }
 
 /// `Some(None)`: the route has no certificate of its own.

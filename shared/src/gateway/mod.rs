@@ -31,6 +31,8 @@ use crate::access_log::Recorder;
 use crate::admin::{self, AdminState, Port};
 use crate::config::{Config, Role};
 use crate::connection::Context;
+use crate::endpoints::Registry;
+use crate::health::HealthChecks;
 use crate::metrics::Metrics;
 use crate::otel::Otel;
 use crate::resolve::Resolver;
@@ -242,6 +244,10 @@ struct Gateway {
     status: Option<ReloadStatus>,
     /// What the admin port shows.
     admin: Arc<AdminState>,
+    /// Upstream endpoint health, kept across reloads.
+    endpoints: Arc<Registry>,
+    /// The active health checks of the table in force.
+    health: HealthChecks,
     /// The HTTP ports' settings as loaded at start (they are not rebound on reload).
     http_ports: HttpPorts,
     /// Stops the admin port, after the drain, so probes see "not ready" meanwhile.
@@ -273,14 +279,15 @@ impl Gateway {
         let recorder = Arc::new(Recorder { metrics: metrics.clone(), tracer: otel.as_ref().map(|o| o.tracer.clone()), workload });
         let inputs = watch::fingerprint(&config.watched_files());
         report::insecure_settings(&config, role);
-        let table = RouteTable::build(&config)?;
+        let endpoints = Arc::new(Registry::new(metrics.clone()));
+        let table = RouteTable::build_with(&config, &endpoints)?;
         let watcher = FileWatcher::new(changes).map_err(|e| StartError::Setup { what: "file watcher", reason: e.to_string() })?;
         let mut gateway = Gateway {
             role,
             config_path: options.config_path.clone(),
             context: Arc::new(Context {
                 table: ArcSwap::from_pointee(RouteTable { listeners: Vec::new(), credentials: Vec::new() }),
-                resolver: Resolver::new(&config.resolver)?,
+                resolver: Arc::new(Resolver::new(&config.resolver)?),
                 role,
                 recorder,
                 force_close: CancellationToken::new(),
@@ -295,6 +302,8 @@ impl Gateway {
             inputs: 0,
             status: None,
             admin: Arc::new(AdminState::new(metrics, options.log.clone())),
+            endpoints: endpoints.clone(),
+            health: HealthChecks::new(CancellationToken::new()),
             http_ports: HttpPorts {
                 admin: config.admin.enabled,
                 admin_address: config.admin.address,
@@ -310,6 +319,7 @@ impl Gateway {
         if config.admin.enabled && !config.admin.address.ip().is_loopback() {
             tracing::warn!(address = %config.admin.address, "INSECURE: admin.allow_remote: the admin port (configuration, log level) is reachable from other hosts");
         }
+        let _ = gateway.admin.endpoints.set(endpoints);
         gateway.apply(config, table, inputs).await?;
         Ok(gateway)
     }
@@ -353,6 +363,7 @@ impl Gateway {
     /// timeout, then cuts whatever is still open (each is logged and counted `drained`).
     async fn drain(self) {
         self.admin.ready.store(false, Ordering::Relaxed);
+        self.health.stop();
         if !self.drain_delay.is_zero() {
             // Kubernetes removes the pod from its endpoints after readiness fails, not at
             // once: whatever it still sends meanwhile is served.

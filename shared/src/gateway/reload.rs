@@ -47,7 +47,7 @@ impl Gateway {
         // Watch what the new config names even if it does not load yet: a Secret it
         // points to may still be on its way, and its arrival must retry.
         self.watcher.watch_files(&config.watched_files());
-        let table = RouteTable::build(&config)?;
+        let table = RouteTable::build_with(&config, &self.endpoints)?;
         report::insecure_settings(&config, self.role);
         self.apply(config, table, inputs).await
     }
@@ -71,7 +71,11 @@ impl Gateway {
             }
         }
         let wanted: Vec<(String, SocketAddr)> = table.listeners.iter().map(|p| (p.name.clone(), p.address)).collect();
-        self.context.table.store(Arc::new(table));
+        let table = Arc::new(table);
+        self.context.table.store(table.clone());
+        self.health.restart(&table, &self.context.resolver);
+        let in_force = config.routes.iter().map(|r| r.get_ref()).map(|r| (r.name.as_str(), r.endpoints.iter().map(|e| e.address.to_string()).collect()));
+        self.endpoints.retain(&in_force.collect());
         self.listeners.retain(|name, bound| {
             let keep = wanted.iter().any(|(n, a)| n == name && *a == bound.configured);
             if !keep {
@@ -101,7 +105,7 @@ impl Gateway {
     fn spawn_accept_loop(&self, plan: &ListenerPlan, socket: TcpListener, address: SocketAddr) -> Bound {
         let kind = match &plan.routing {
             Routing::Plain(route) => format!("plain -> route {}", route.name),
-            Routing::Tls(t) => format!("tls, {} SNI hosts", t.by_sni.len()),
+            Routing::Tls(t) => format!("tls, {} SNI hosts, {} wildcards", t.by_sni.len(), t.wildcards.len()),
         };
         tracing::info!(listener = %plan.name, %address, %kind, max_connections = plan.max_connections, "listening");
         let stop = self.stop_accepting.child_token();
