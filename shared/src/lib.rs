@@ -18,6 +18,7 @@ pub mod diagnose;
 pub mod error;
 pub mod fdlimit;
 pub mod gateway;
+pub mod hbone;
 pub mod identity;
 pub mod listener;
 pub mod metrics;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use rustls_pki_types::ServerName;
 use serde::Serialize;
 
-use super::schema::{PeerAuth, Protocol, SslMode, TcpKeepalive, TlsMode, TlsVersion};
+use super::schema::{PeerAuth, Protocol, SslMode, TcpKeepalive, TlsMode, TlsVersion, Transport};
 use super::values::{self, CipherSuite, HostPort};
 use crate::authz::Pattern;
 
@@ -47,6 +47,9 @@ pub struct ListenerConfig {
     /// for up to `handshake_timeout`.
     #[serde(with = "humantime_serde")]
     pub permissive_detection_window: Option<Duration>,
+    /// `hbone` at a mutual-TLS listener that serves HTTP/2 `CONNECT` streams routed by
+    /// `:authority`; `direct` everywhere else.
+    pub transport: Transport,
 }
 
 /// What a listener does with a connection.
@@ -191,6 +194,20 @@ pub struct RouteConfig {
     pub downstream_ssl_mode: SslMode,
     /// TCP keepalive on the upstream connections of this route.
     pub tcp_keepalive: TcpKeepalive,
+    /// HBONE origination: set when `transport = "hbone"`.
+    pub hbone: Option<HboneRoute>,
+}
+
+/// How an HBONE route originates: its `CONNECT` authority and its pool's bounds.
+#[derive(Clone, Debug, Serialize)]
+pub struct HboneRoute {
+    /// `:authority` of every `CONNECT` this route sends.
+    pub authority: HostPort,
+    /// Most streams at once on one pooled connection.
+    pub max_streams: usize,
+    /// A pooled connection without streams this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl RouteConfig {
