@@ -578,6 +578,7 @@ pub mod databases;
 pub mod digest;
 pub mod dns;
 pub mod envoy;
+pub mod hbone;
 pub mod hostile;
 pub mod http_ports;
 pub mod kube_secret;
