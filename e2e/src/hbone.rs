@@ -31,9 +31,10 @@ pub fn hbone_route(pki: &Pki, name: &str, upstream: &str, authority: &str) -> Ro
     Route::new(name, upstream).set("upstream_tls", tls).set("transport", quoted("hbone")).set("authority", quoted(authority))
 }
 
-/// Egress config: plain listener `mysql-plain` to the HBONE route `to-ingress`.
-pub fn egress_config(pki: &Pki, upstream: &str) -> Config {
-    Config::new().listener(Listener::plain("mysql-plain", "to-ingress")).route(hbone_route(pki, "to-ingress", upstream, AUTHORITY).hosts(&[SERVICE_HOST]))
+/// Egress config: plain listener `mysql-plain` to the HBONE route `to-ingress`, as
+/// `route` changes it (a short pool idle timeout, another authority).
+pub fn egress_config(pki: &Pki, upstream: &str, route: impl FnOnce(Route) -> Route) -> Config {
+    Config::new().listener(Listener::plain("mysql-plain", "to-ingress")).route(route(hbone_route(pki, "to-ingress", upstream, AUTHORITY).hosts(&[SERVICE_HOST])))
 }
 
 /// The HBONE pair on loopback.
@@ -49,12 +50,12 @@ pub struct HbonePair {
 }
 
 impl HbonePair {
-    /// Starts ingress then egress in front of `backend_port`; `egress` may change the
-    /// egress config (a short pool idle timeout, say).
-    pub fn start(pki: &Pki, backend_port: u16, egress: impl FnOnce(Config) -> Config) -> HbonePair {
+    /// Starts ingress then egress in front of `backend_port`; `route` may change the
+    /// egress's HBONE route (see [`egress_config`]).
+    pub fn start(pki: &Pki, backend_port: u16, route: impl FnOnce(Route) -> Route) -> HbonePair {
         let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config(pki, backend_port).toml());
         let hbone_port = ingress.port("hbone");
-        let config = egress(egress_config(pki, &format!("127.0.0.1:{hbone_port}")));
+        let config = egress_config(pki, &format!("127.0.0.1:{hbone_port}"), route);
         let egress = Gateway::start(Role::Egress, pki.dir.path(), &config.toml());
         let plain_port = egress.port("mysql-plain");
         HbonePair { egress, ingress, plain_port, hbone_port }

@@ -10,7 +10,7 @@ use strait_e2e::*;
 fn tutorial_sql_crosses_the_pair_as_hbone_streams() {
     let pki = Pki::reference();
     let db = MariaDb::start();
-    let pair = HbonePair::start(&pki, db.port, |c| c);
+    let pair = HbonePair::start(&pki, db.port, |r| r);
 
     mariadb_sql(pair.plain_port, TUTORIAL_SQL).expect("the tutorial's SQL through the HBONE pair");
     let row = mariadb_sql(pair.plain_port, "SELECT content FROM test_encrypted_connection.message WHERE id = 1").expect("reading the row back");
