@@ -53,7 +53,13 @@ impl HbonePair {
     /// Starts ingress then egress in front of `backend_port`; `route` may change the
     /// egress's HBONE route (see [`egress_config`]).
     pub fn start(pki: &Pki, backend_port: u16, route: impl FnOnce(Route) -> Route) -> HbonePair {
-        let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &ingress_config(pki, backend_port).toml());
+        HbonePair::start_with_ingress(pki, &ingress_config(pki, backend_port).toml(), route)
+    }
+
+    /// [`HbonePair::start`] with the ingress running `ingress` (its listener `hbone` on a
+    /// fixed port, say, so it can be restarted in place).
+    pub fn start_with_ingress(pki: &Pki, ingress: &str, route: impl FnOnce(Route) -> Route) -> HbonePair {
+        let ingress = Gateway::start(Role::Ingress, pki.dir.path(), ingress);
         let hbone_port = ingress.port("hbone");
         let config = egress_config(pki, &format!("127.0.0.1:{hbone_port}"), route);
         let egress = Gateway::start(Role::Egress, pki.dir.path(), &config.toml());
