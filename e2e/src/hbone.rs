@@ -34,7 +34,9 @@ pub fn hbone_route(pki: &Pki, name: &str, upstream: &str, authority: &str) -> Ro
 /// Egress config: plain listener `mysql-plain` to the HBONE route `to-ingress`, as
 /// `route` changes it (a short pool idle timeout, another authority).
 pub fn egress_config(pki: &Pki, upstream: &str, route: impl FnOnce(Route) -> Route) -> Config {
-    Config::new().listener(Listener::plain("mysql-plain", "to-ingress")).route(route(hbone_route(pki, "to-ingress", upstream, AUTHORITY).hosts(&[SERVICE_HOST])))
+    Config::new()
+        .listener(Listener::plain("mysql-plain", "to-ingress"))
+        .route(route(hbone_route(pki, "to-ingress", upstream, AUTHORITY).hosts(&[SERVICE_HOST])))
 }
 
 /// The HBONE pair on loopback.

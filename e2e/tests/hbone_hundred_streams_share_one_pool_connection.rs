@@ -38,7 +38,7 @@ fn hundred_concurrent_streams_over_one_pool_connection_each_get_their_digest() {
     let pair = HbonePair::start(&pki, backend.port, |r| r.set("hbone_idle_timeout", "\"2s\""));
     let port = pair.plain_port;
 
-        let (done, results) = mpsc::channel();
+    let (done, results) = mpsc::channel();
     let barrier = Arc::new(Barrier::new(CLIENTS + 1));
     for client in 0..CLIENTS {
         let (done, barrier) = (done.clone(), barrier.clone());

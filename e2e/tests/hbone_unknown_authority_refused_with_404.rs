@@ -17,9 +17,12 @@ fn unknown_authority_gets_404_and_an_access_line_at_both_ends() {
     let mut pair = HbonePair::start(&pki, backend.port, |r| r);
     // A second egress port whose route asks the same ingress for an authority it lacks.
     let upstream = format!("127.0.0.1:{}", pair.hbone_port);
-    let config = strait_e2e::hbone::egress_config(&pki, &upstream, |r| r)
-        .listener(Listener::plain("lost-plain", "lost"))
-        .route(hbone_route(&pki, "lost", &upstream, "nowhere.strait.test:3306"));
+    let config = strait_e2e::hbone::egress_config(&pki, &upstream, |r| r).listener(Listener::plain("lost-plain", "lost")).route(hbone_route(
+        &pki,
+        "lost",
+        &upstream,
+        "nowhere.strait.test:3306",
+    ));
     pair.egress = Gateway::start(Role::Egress, pki.dir.path(), &config.toml());
     let lost_port = pair.egress.port("lost-plain");
 

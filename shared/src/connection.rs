@@ -28,6 +28,8 @@ use crate::route::{ListenerPlan, Route, RouteTable, Routing, TlsRouting};
 use crate::stream::PeerIdentity;
 use crate::upstream::{Dialer, Stream};
 
+mod hbone;
+
 /// First byte of every TLS record carrying a handshake message (the ClientHello).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -84,7 +86,7 @@ async fn serve(tcp: TcpStream, context: &Arc<Context>, record: &mut ConnectionRe
         // an idle connection's task does not carry it.
         Routing::Tls(routing) => Box::pin(accept(tcp, routing, record)).await?,
         // Each stream is a connection of its own, with its own record.
-        Routing::Hbone(routing) => return Box::pin(crate::hbone::server::serve(tcp, plan.clone(), routing, context.clone(), record)).await,
+        Routing::Hbone(routing) => return Box::pin(hbone::serve(tcp, plan.clone(), routing, context.clone(), record)).await,
     };
     record.route = Some(route.name.clone());
     record.destination_service = Some(route.host.clone());
@@ -97,7 +99,7 @@ async fn serve(tcp: TcpStream, context: &Arc<Context>, record: &mut ConnectionRe
         let (upstream, address, identity) = match &route.hbone {
             None => crate::upstream::unless_client_gone(&downstream, Box::pin(dial.connect())).await.map(|(u, a)| (Either::Left(u), a, None))?,
             Some(pool) => {
-                let stream = crate::upstream::unless_client_gone(&downstream, Box::pin(crate::hbone::connect(&dial, pool))).await?;
+                let stream = crate::upstream::unless_client_gone(&downstream, Box::pin(hbone::originate(&dial, pool))).await?;
                 (Either::Right(stream.stream), stream.addr, stream.identity)
             }
         };

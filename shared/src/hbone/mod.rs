@@ -2,14 +2,14 @@
 //! inside long-lived mutual-TLS connections (port 15008), so the cross-cluster hop pays
 //! one handshake per pool connection instead of one per client connection.
 //!
-//! [`server`] is the ingress side (an HBONE listener: each stream routed by its
-//! `:authority` and relayed like a connection), [`pool`] the egress side (a route's
-//! pooled connections and one stream per client connection), [`stream`] the adapter
-//! that lets the relay pump an HTTP/2 stream like a socket. The HTTP/2 is the `h2`
+//! [`server`] is the ingress side's HTTP/2 (an HBONE listener's handshake and its
+//! `CONNECT` requests, each handed to the pipeline, which routes it by `:authority` and
+//! relays it like a connection), [`pool`] the egress side (a route's pooled connections
+//! and one stream per client connection), [`stream`] the adapter that lets the relay
+//! pump an HTTP/2 stream like a socket. Nothing here imports the pipeline
+//! (`connection`, `route`, `upstream`): they use this. The HTTP/2 is the `h2`
 //! crate's; the conventions are Istio's: ALPN `h2`, `:authority` = the destination's
 //! `host:port`, the peer's identity from its (SPIFFE) certificate.
-
-use std::net::SocketAddr;
 
 pub mod pool;
 pub mod server;
@@ -17,9 +17,6 @@ pub mod stream;
 
 pub use pool::{Connected, Pool};
 pub use stream::H2Stream;
-
-use crate::error::UpstreamError;
-use crate::upstream::{Dialer, Stream};
 
 /// ALPN protocol id both sides offer and require.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -38,14 +35,3 @@ pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
 
 /// Streams at once on one accepted HBONE connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
 pub const SERVER_MAX_STREAMS: u32 = 1024;
-
-/// One `CONNECT` stream for a client connection of `dial`'s route, on that route's pool
-/// (opening a pool connection with `dial` when none has room).
-pub async fn connect(dial: &Dialer<'_>, pool: &Pool) -> Result<Connected, UpstreamError> {
-    let open = || async {
-        let (tcp, addr) = dial.tcp().await?;
-        let tls: Stream = dial.originate(addr, tcp).await?;
-        Ok::<(Stream, SocketAddr), UpstreamError>((tls, addr))
-    };
-    pool.stream(open, dial.route.connect_timeout).await
-}
