@@ -269,3 +269,135 @@ async fn drive(connection: h2::client::Connection<Stream, Bytes>, conn: Arc<Conn
     }
     tracing::info!(endpoint = %conn.addr, reason = %why, "HBONE pool connection closed");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::either::Either;
+
+    use super::*;
+
+    /// A plain-TCP HTTP/2 server on loopback answering every CONNECT 200 and echoing its
+    /// stream; its `n`th connection (from 0) in `goaway` is sent GOAWAY at once instead.
+    async fn echo_server(goaway: &'static [usize]) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for n in 0.. {
+                let (tcp, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut h2 = h2::server::handshake(tcp).await.unwrap();
+                    if goaway.contains(&n) {
+                        h2.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    }
+                    while let Some(Ok((request, mut respond))) = h2.accept().await {
+                        tokio::spawn(async move {
+                            let send = respond.send_response(http::Response::new(()), false).unwrap();
+                            let mut stream = H2Stream::new(send, request.into_body());
+                            let mut buf = [0u8; 1024];
+                            while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                                stream.write_all(&buf[..n]).await.unwrap();
+                            }
+                            let _ = stream.shutdown().await;
+                        });
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Dials `addr` in plain TCP, counting the dials.
+    type Dialing<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(Stream, SocketAddr), UpstreamError>> + Send + 'a>>;
+
+    fn dialer<'a>(addr: SocketAddr, dials: &'a AtomicUsize) -> impl Fn() -> Dialing<'a> + 'a {
+        move || {
+            Box::pin(async move {
+                dials.fetch_add(1, Ordering::Relaxed);
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                Ok((Either::Left(tcp), addr))
+            })
+        }
+    }
+
+    async fn echo(stream: &mut H2Stream, text: &[u8]) {
+        stream.write_all(text).await.unwrap();
+        let mut back = vec![0u8; text.len()];
+        stream.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, text);
+    }
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_full_connection_makes_the_pool_open_another() {
+        let addr = echo_server(&[]).await;
+        let dials = AtomicUsize::new(0);
+        let pool = Pool::new("db.test:3306".into(), 2, Duration::from_secs(60));
+        let mut held = Vec::new();
+        for i in 0..5u8 {
+            let mut connected = pool.stream(dialer(addr, &dials), LIMIT).await.unwrap();
+            echo(&mut connected.stream, &[i; 10]).await;
+            held.push(connected);
+        }
+        assert_eq!(pool.open_connections(), 3, "5 streams at 2 per connection");
+        assert_eq!(dials.load(Ordering::Relaxed), 3);
+        // A stream that ends frees its place: the next one reuses a connection.
+        held.truncate(4);
+        let mut again = pool.stream(dialer(addr, &dials), LIMIT).await.unwrap();
+        echo(&mut again.stream, b"reused").await;
+        assert_eq!(dials.load(Ordering::Relaxed), 3, "no new connection for a freed place");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_and_the_next_stream_opens_a_new_one() {
+        let addr = echo_server(&[]).await;
+        let dials = AtomicUsize::new(0);
+        let pool = Pool::new("db.test:3306".into(), 100, Duration::from_millis(100));
+        let mut connected = pool.stream(dialer(addr, &dials), LIMIT).await.unwrap();
+        echo(&mut connected.stream, b"one").await;
+        drop(connected);
+        let deadline = Instant::now() + LIMIT;
+        while pool.open_connections() > 0 {
+            assert!(Instant::now() < deadline, "the idle connection was not closed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut next = pool.stream(dialer(addr, &dials), LIMIT).await.unwrap();
+        echo(&mut next.stream, b"two").await;
+        assert_eq!(dials.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stream_refused_by_goaway_is_tried_again_on_a_fresh_connection() {
+        let addr = echo_server(&[0]).await;
+        let dials = AtomicUsize::new(0);
+        let pool = Pool::new("db.test:3306".into(), 100, Duration::from_secs(60));
+        let mut connected = pool.stream(dialer(addr, &dials), LIMIT).await.expect("served on the second connection");
+        echo(&mut connected.stream, b"after goaway").await;
+        assert_eq!(dials.load(Ordering::Relaxed), 2, "the GOAWAY connection, then a fresh one");
+        assert_eq!(pool.open_connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_status_is_not_retried() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut h2 = h2::server::handshake(tcp).await.unwrap();
+            while let Some(Ok((_, mut respond))) = h2.accept().await {
+                let mut response = http::Response::new(());
+                *response.status_mut() = http::StatusCode::FORBIDDEN;
+                let _ = respond.send_response(response, true);
+            }
+        });
+        let dials = AtomicUsize::new(0);
+        let pool = Pool::new("db.test:3306".into(), 100, Duration::from_secs(60));
+        let refused = pool.stream(dialer(addr, &dials), LIMIT).await.err().expect("a 403");
+        assert!(refused.to_string().contains("403 Forbidden"), "{refused}");
+        assert_eq!(dials.load(Ordering::Relaxed), 1);
+    }
+}
