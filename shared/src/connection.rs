@@ -46,6 +46,10 @@ pub struct Context {
     /// Cancelled when the drain runs out: every connection still open is cut, and its
     /// record says so.
     pub force_close: CancellationToken,
+    /// Cancelled when the drain starts (the listeners stop accepting): long-lived
+    /// HBONE connections then send GOAWAY, so their clients take new streams elsewhere
+    /// while the open ones finish.
+    pub draining: CancellationToken,
     /// The drain's length, for the record of a connection it cut.
     pub drain_timeout: ArcSwap<Duration>,
 }

@@ -47,8 +47,9 @@ pub(super) async fn serve(
     record.sides.downstream_tls = true;
     record.sni = session.sni.clone();
     let shared = Arc::new(Shared { plan, context, peer: record.downstream, session });
+    let draining = shared.context.draining.clone();
     connection
-        .run(|connect| {
+        .run(&draining, |connect| {
             let shared = shared.clone();
             let span = tracing::info_span!("stream", listener = %shared.plan.name, peer = %shared.peer, route = tracing::field::Empty);
             stream(connect, shared).instrument(span)

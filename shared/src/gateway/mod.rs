@@ -271,6 +271,7 @@ impl Gateway {
         report::insecure_settings(&config, role);
         let table = RouteTable::build(&config)?;
         let watcher = FileWatcher::new(changes).map_err(|e| StartError::Setup { what: "file watcher", reason: e.to_string() })?;
+        let stop_accepting = CancellationToken::new();
         let mut gateway = Gateway {
             role,
             config_path: options.config_path.clone(),
@@ -280,11 +281,12 @@ impl Gateway {
                 role,
                 recorder,
                 force_close: CancellationToken::new(),
+                draining: stop_accepting.clone(),
                 drain_timeout: ArcSwap::from_pointee(config.process.drain_timeout),
             }),
             listeners: BTreeMap::new(),
             bound_addresses: Arc::default(),
-            stop_accepting: CancellationToken::new(),
+            stop_accepting,
             tracker: TaskTracker::new(),
             watcher,
             watched_files: Vec::new(),

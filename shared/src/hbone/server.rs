@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use super::stream::H2Stream;
 use super::{CONNECTION_WINDOW, MAX_FRAME_SIZE, SERVER_MAX_STREAMS, STREAM_WINDOW};
@@ -70,15 +71,22 @@ pub async fn accept(tcp: TcpStream, server: Arc<ServerConfig>, limit: Duration) 
 impl Connection {
     /// Serves requests until the client closes the connection (or it fails), each one
     /// on a task of its own made by `each`; returns once every stream's task has ended
-    /// too, so a drain that waits for this connection waits for its streams.
-    pub async fn run<F, Fut>(mut self, mut each: F) -> Result<(), ConnError>
+    /// too, so a drain that waits for this connection waits for its streams. When
+    /// `draining` is cancelled the connection sends GOAWAY: no new streams, the open ones
+    /// run to their end, then it closes.
+    pub async fn run<F, Fut>(mut self, draining: &CancellationToken, mut each: F) -> Result<(), ConnError>
     where
         F: FnMut(Connect) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let mut streams = JoinSet::new();
+        let mut going_away = false;
         let ended = loop {
             tokio::select! {
+                () = draining.cancelled(), if !going_away => {
+                    going_away = true;
+                    self.0.graceful_shutdown();
+                }
                 next = self.0.accept() => match next {
                     Some(Ok((request, respond))) => {
                         streams.spawn(each(Connect { request, respond }));
