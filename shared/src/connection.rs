@@ -104,7 +104,9 @@ async fn serve(tcp: TcpStream, context: &Arc<Context>, record: &mut ConnectionRe
             None => crate::upstream::unless_client_gone(&downstream, Box::pin(dial.connect())).await.map(|(u, a)| (Either::Left(u), a, None))?,
             Some(pool) => {
                 let stream = crate::upstream::unless_client_gone(&downstream, Box::pin(hbone::originate(&dial, pool))).await?;
-                (Either::Right(stream.stream), stream.addr, stream.identity)
+                // Boxed: a direct connection's relay then stays the size it was (the
+                // idle-memory note in `stream.rs`).
+                (Either::Right(Box::new(stream.stream)), stream.addr, stream.identity)
             }
         };
         record.sides.upstream = Some(address);
