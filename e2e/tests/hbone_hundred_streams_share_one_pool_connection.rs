@@ -40,10 +40,11 @@ fn hundred_concurrent_streams_over_one_pool_connection_each_get_their_digest() {
 
     let (done, results) = mpsc::channel();
     let barrier = Arc::new(Barrier::new(CLIENTS + 1));
-    for client in 0..CLIENTS {
+    // Payloads first: the pool's idle timer must not run while they are being made.
+    let payloads: Vec<Vec<u8>> = (0..CLIENTS).map(|client| payload(client as u64)).collect();
+    for (client, data) in payloads.into_iter().enumerate() {
         let (done, barrier) = (done.clone(), barrier.clone());
         std::thread::spawn(move || {
-            let data = payload(client as u64);
             let expected = digest_reply(&data);
             barrier.wait();
             let outcome = match exchange_within(port, &data, LIMIT) {
@@ -55,9 +56,8 @@ fn hundred_concurrent_streams_over_one_pool_connection_each_get_their_digest() {
         });
     }
     drop(done);
-    // Warm the pool with one stream while the clients make their payloads, so the
-    // hundred find its connection open; its stream has ended (and left its place) once
-    // the egress logged it.
+    // Warm the pool with one stream, so the hundred find its connection open; its stream
+    // has ended (and left its place) once the egress logged it.
     assert_eq!(exchange_within(port, b"warm", LIMIT).unwrap(), digest_reply(b"warm"));
     wait_for_access_lines(&pair.egress, &["route=to-ingress", "outcome=closed"], 1);
     barrier.wait();
