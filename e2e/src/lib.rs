@@ -579,6 +579,7 @@ pub mod digest;
 pub mod dns;
 pub mod envoy;
 pub mod haproxy;
+pub mod hbone;
 pub mod hostile;
 pub mod http_ports;
 pub mod kube_secret;

@@ -76,6 +76,8 @@ pub struct ConnectionRecord {
     pub protocol: &'static str,
     /// SNI the client sent, at TLS listeners.
     pub sni: Option<String>,
+    /// The `:authority` of an HBONE stream.
+    pub authority: Option<String>,
     /// Identity and TLS of each side.
     pub sides: Sides,
     /// Bytes each way, counted by the relay as they move.
@@ -104,6 +106,7 @@ impl ConnectionRecord {
             destination_service: None,
             protocol: "tcp",
             sni: None,
+            authority: None,
             sides: Sides::default(),
             moved: Moved::default(),
             opened: false,
@@ -278,6 +281,7 @@ impl ConnectionRecord {
         let route = dash(self.route.clone());
         let upstream = dash(self.sides.upstream.map(|a| a.to_string()));
         let sni = dash(self.sni.clone());
+        let authority = dash(self.authority.clone());
         let identity = dash(self.sides.identity.as_ref().map(|i| i.to_string()));
         let duration_ms = self.clock.elapsed().as_millis() as u64;
         macro_rules! line {
@@ -290,6 +294,7 @@ impl ConnectionRecord {
                     downstream = %self.downstream,
                     upstream = %upstream,
                     sni = %sni,
+                    authority = %authority,
                     identity = %identity,
                     protocol = %self.protocol,
                     tls = %self.sides.tls(),
@@ -327,7 +332,9 @@ impl Drop for ConnectionRecord {
 fn response_flags(error: Option<&ConnError>) -> &'static str {
     match error {
         Some(ConnError::Upstream(_)) => "UF",
-        Some(ConnError::UnknownSni(_) | ConnError::NoSni | ConnError::ListenerRemoved | ConnError::PlaintextWithoutRoute) => "NR",
+        Some(ConnError::UnknownSni(_) | ConnError::UnknownAuthority(_) | ConnError::NoSni | ConnError::ListenerRemoved | ConnError::PlaintextWithoutRoute) => {
+            "NR"
+        }
         _ => "-",
     }
 }

@@ -24,9 +24,11 @@ use crate::identity::Identity;
 use crate::metrics::{NegotiationLabels, RouteLabels};
 use crate::relay::relay;
 use crate::resolve::Resolver;
-use crate::route::{Route, RouteTable, Routing, TlsRouting};
+use crate::route::{ListenerPlan, Route, RouteTable, Routing, TlsRouting};
 use crate::stream::PeerIdentity;
 use crate::upstream::{Dialer, Stream};
+
+mod hbone;
 
 /// First byte of every TLS record carrying a handshake message (the ClientHello).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -44,8 +46,22 @@ pub struct Context {
     /// Cancelled when the drain runs out: every connection still open is cut, and its
     /// record says so.
     pub force_close: CancellationToken,
+    /// Cancelled when the drain starts (the listeners stop accepting): long-lived
+    /// HBONE connections then send GOAWAY, so their clients take new streams elsewhere
+    /// while the open ones finish.
+    pub draining: CancellationToken,
     /// The drain's length, for the record of a connection it cut.
     pub drain_timeout: ArcSwap<Duration>,
+}
+
+impl Context {
+    /// `outbound` (egress) or `inbound` (ingress), as Istio labels connections.
+    pub fn direction(&self) -> &'static str {
+        match self.role {
+            Role::Egress => "outbound",
+            Role::Ingress => "inbound",
+        }
+    }
 }
 
 /// Serves one accepted connection to the end; its record is written when this returns
@@ -53,11 +69,7 @@ pub struct Context {
 pub async fn handle(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, context: Arc<Context>) {
     let span = tracing::info_span!("connection", listener = %listener, %peer, route = tracing::field::Empty);
     async move {
-        let direction = match context.role {
-            Role::Egress => "outbound",
-            Role::Ingress => "inbound",
-        };
-        let mut record = ConnectionRecord::new(context.recorder.clone(), listener, direction, peer);
+        let mut record = ConnectionRecord::new(context.recorder.clone(), listener, context.direction(), peer);
         let end = tokio::select! {
             end = serve(tcp, &context, &mut record) => end,
             () = context.force_close.cancelled() => Err(ConnError::Drained(**context.drain_timeout.load())),
@@ -68,7 +80,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, contex
     .await
 }
 
-async fn serve(mut tcp: TcpStream, context: &Context, record: &mut ConnectionRecord) -> Result<(), ConnError> {
+async fn serve(mut tcp: TcpStream, context: &Arc<Context>, record: &mut ConnectionRecord) -> Result<(), ConnError> {
     let table = context.table.load_full();
     let plan = table.listener(&record.listener).ok_or(ConnError::ListenerRemoved)?;
     crate::socket::tune(&tcp, &plan.keepalive);
@@ -84,6 +96,8 @@ async fn serve(mut tcp: TcpStream, context: &Context, record: &mut ConnectionRec
         // Boxed: the handshake's state is large and only needed until it completes, so
         // an idle connection's task does not carry it.
         Routing::Tls(routing) => Box::pin(accept(tcp, routing, record)).await?,
+        // Each stream is a connection of its own, with its own record.
+        Routing::Hbone(routing) => return Box::pin(hbone::serve(tcp, plan.clone(), routing, context.clone(), record)).await,
     };
     record.route = Some(route.name.clone());
     // An `{sni}` upstream's destination is the name the client sent.
@@ -100,10 +114,21 @@ async fn serve(mut tcp: TcpStream, context: &Context, record: &mut ConnectionRec
     let connecting = Instant::now();
     let upstream = if route.protocol == Protocol::Tcp {
         authorize(&route, record.sides.identity.as_ref())?;
-        let (upstream, address) = crate::upstream::unless_client_gone(&downstream, Box::pin(dial.connect())).await?;
+        let (upstream, address, identity) = match &route.hbone {
+            None => crate::upstream::unless_client_gone(&downstream, Box::pin(dial.connect())).await.map(|(u, a)| (Either::Left(u), a, None))?,
+            Some(pool) => {
+                let stream = crate::upstream::unless_client_gone(&downstream, Box::pin(hbone::originate(&dial, pool))).await?;
+                // Boxed: a direct connection's relay then stays the size it was (the
+                // idle-memory note in `stream.rs`).
+                (Either::Right(Box::new(stream.stream)), stream.addr, stream.identity)
+            }
+        };
         record.sides.upstream = Some(address);
         record.sides.upstream_tls = route.origination.is_some();
-        record.sides.upstream_identity = upstream.peer_identity();
+        record.sides.upstream_identity = match &upstream {
+            Either::Left(direct) => direct.peer_identity(),
+            Either::Right(_) => identity,
+        };
         (downstream, upstream)
     } else {
         // A client already inside TLS is judged before the database sees a connection
@@ -119,11 +144,21 @@ async fn serve(mut tcp: TcpStream, context: &Context, record: &mut ConnectionRec
             outcome: negotiated.as_ref().map_or_else(|e| e.classify().outcome.as_str(), |_| "ok"),
         };
         record.metrics().negotiations.add(&labels, 1);
-        negotiated?
+        negotiated.map(|(downstream, upstream)| (downstream, Either::Left(upstream)))?
     };
     record.metrics().upstream_connect_seconds.observe(&RouteLabels { route: route.name.clone() }, connecting.elapsed());
-    record.opened();
     let (downstream, upstream) = upstream;
+    relay_recorded(downstream, upstream, &route, plan, record).await
+}
+
+/// The relay stage of a connection (or an HBONE stream): counts it opened, relays
+/// until the end, and writes the periodic records the listener asks for.
+pub(crate) async fn relay_recorded<D, U>(downstream: D, upstream: U, route: &Route, plan: &ListenerPlan, record: &mut ConnectionRecord) -> Result<(), ConnError>
+where
+    D: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    record.opened();
     let record: &ConnectionRecord = record;
     // Boxed, like the set-up stages: the task itself then stays small.
     let mut relaying = Box::pin(relay(downstream, upstream, route.idle_timeout, &record.moved));
@@ -140,7 +175,7 @@ async fn serve(mut tcp: TcpStream, context: &Context, record: &mut ConnectionRec
             }
         }
     };
-    ended.map_err(|e| refused_after_handshake(e, &route, record))
+    ended.map_err(|e| refused_after_handshake(e, route, record))
 }
 
 /// In TLS 1.3 the client's handshake completes before the server has judged the client
@@ -163,7 +198,7 @@ fn refused_after_handshake(error: ConnError, route: &Route, record: &ConnectionR
 /// The PROXY protocol header the route writes upstream: the client's address, the
 /// address it connected to, and the identity it presented (known here at TLS listeners;
 /// a database client's in-protocol TLS comes after the upstream connect).
-fn proxy_header(route: &Route, record: &ConnectionRecord, local: std::net::SocketAddr) -> Result<Option<Vec<u8>>, ConnError> {
+pub(crate) fn proxy_header(route: &Route, record: &ConnectionRecord, local: std::net::SocketAddr) -> Result<Option<Vec<u8>>, ConnError> {
     let Some(version) = route.send_proxy else { return Ok(None) };
     let identity = record.sides.identity.as_ref().map(ToString::to_string);
     crate::proxy_protocol::header(version, record.downstream, local, identity.as_deref())
@@ -172,7 +207,7 @@ fn proxy_header(route: &Route, record: &ConnectionRecord, local: std::net::Socke
 }
 
 /// The route's allow list against the client's identity.
-fn authorize(route: &Route, identity: Option<&Identity>) -> Result<(), ConnError> {
+pub(crate) fn authorize(route: &Route, identity: Option<&Identity>) -> Result<(), ConnError> {
     if route.allow.allows(identity) {
         return Ok(());
     }

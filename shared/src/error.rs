@@ -78,6 +78,8 @@ pub enum Refusal {
     DeniedSource,
     /// A PROXY protocol header was missing, invalid, or sent from an untrusted address.
     ProxyProtocol,
+    /// An HBONE `CONNECT` whose `:authority` names no route at this listener.
+    UnknownAuthority,
     /// Anything else: I/O errors, alerts from the client, protocol violations, ...
     Other,
 }
@@ -101,6 +103,7 @@ impl Refusal {
             Refusal::DeniedIdentity => "denied_identity",
             Refusal::DeniedSource => "denied_source",
             Refusal::ProxyProtocol => "proxy_protocol",
+            Refusal::UnknownAuthority => "unknown_authority",
             Refusal::Other => "other",
         }
     }
@@ -195,6 +198,16 @@ pub enum UpstreamError {
     /// The upstream broke its database protocol before the relay started.
     #[error("{0}")]
     Protocol(String),
+    /// An HBONE route's stream could not be opened, or its `CONNECT` was refused.
+    #[error("HBONE CONNECT {authority} via {addr} failed: {reason}")]
+    Hbone {
+        /// The pool connection's endpoint.
+        addr: SocketAddr,
+        /// The `:authority` asked for.
+        authority: String,
+        /// What went wrong, in words (the peer's status, or h2's error).
+        reason: String,
+    },
 }
 
 impl UpstreamError {
@@ -337,6 +350,15 @@ pub enum ConnError {
     /// abandoned then, not run on to its timeout.
     #[error("the client closed while the upstream was being set up: set-up abandoned")]
     ClientGone,
+    /// An HBONE `CONNECT` asked for an authority no route at this listener serves.
+    #[error("unknown HBONE authority {0:?}")]
+    UnknownAuthority(String),
+    /// An HBONE request that is not a `CONNECT`, or an HTTP/2 handshake that failed.
+    #[error("{0}")]
+    HboneRequest(String),
+    /// The HTTP/2 connection of an HBONE stream failed.
+    #[error("HBONE connection: {0}")]
+    Hbone(h2::Error),
     /// The process stopped under the connection (its task was dropped unfinished).
     #[error("the gateway stopped before the connection ended")]
     Abandoned,
@@ -396,6 +418,11 @@ impl ConnError {
             ConnError::ClientHello(e) | ConnError::Handshake(e) | ConnError::ProtocolHandshake { source: e, .. } => refused(Refusal::of_handshake(e)),
             ConnError::UnknownSni(_) => refused(Refusal::UnknownSni),
             ConnError::NoSni => refused(Refusal::NoSni),
+            ConnError::UnknownAuthority(_) => refused(Refusal::UnknownAuthority),
+            ConnError::HboneRequest(_) => refused(Refusal::Other),
+            ConnError::Hbone(e) => {
+                Class { outcome: Outcome::RelayFailed, refusal: None, level: if e.is_io() || e.is_go_away() { Level::INFO } else { Level::WARN } }
+            }
             ConnError::ClientProtocol { refusal, .. } => refused(*refusal),
             ConnError::Denied { .. } => Class { outcome: Outcome::Denied, refusal: Some(Refusal::DeniedIdentity), level: Level::WARN },
             ConnError::SourceDenied { .. } => Class { outcome: Outcome::Denied, refusal: Some(Refusal::DeniedSource), level: Level::WARN },

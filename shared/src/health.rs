@@ -65,6 +65,7 @@ pub fn routes(table: &RouteTable) -> Vec<Arc<Route>> {
         let found: Vec<&Arc<Route>> = match &plan.routing {
             Routing::Plain(route) => vec![route],
             Routing::Tls(tls) => tls.by_sni.values().chain(tls.wildcards.iter().map(|(_, e)| e)).chain(tls.default.iter()).map(|e| &e.route).collect(),
+            Routing::Hbone(hbone) => hbone.by_host.values().collect(),
         };
         for route in found {
             if seen.insert(route.name.clone()) {

@@ -19,6 +19,7 @@ pub mod endpoints;
 pub mod error;
 pub mod fdlimit;
 pub mod gateway;
+pub mod hbone;
 pub mod health;
 pub mod identity;
 pub mod listener;

@@ -19,8 +19,9 @@ use serde_spanned::Spanned;
 
 use crate::authz::AllowList;
 use crate::config::{CertKey, Config, ConfigError, Finding, ListenerConfig, ListenerKind, ListenerTls, RouteConfig, TlsMode, TlsPolicy};
-use crate::config::{PeerAuth, Protocol, SslMode, TcpKeepalive};
+use crate::config::{PeerAuth, Protocol, SslMode, TcpKeepalive, Transport};
 use crate::endpoints::{EndpointSet, Registry};
+use crate::hbone::Pool;
 use crate::tls;
 
 /// One destination, ready to connect to.
@@ -46,6 +47,9 @@ pub struct Route {
     pub downstream_ssl: DownstreamSsl,
     /// Keepalive on upstream sockets.
     pub keepalive: TcpKeepalive,
+    /// HBONE routes: the pool of HTTP/2 connections each client connection's `CONNECT`
+    /// stream goes over (this table's credentials; a reload builds a new pool).
+    pub hbone: Option<Pool>,
     /// Round-robin cursor over the resolved addresses.
     next_address: AtomicUsize,
     /// The endpoints to connect to, with priorities, weights and address health.
@@ -99,6 +103,26 @@ pub enum Routing {
     Plain(Arc<Route>),
     /// TLS termination, route chosen by SNI.
     Tls(TlsRouting),
+    /// Mutual TLS serving HTTP/2 `CONNECT` streams, each routed by its `:authority`.
+    Hbone(HboneRouting),
+}
+
+/// Authority routing of an HBONE listener.
+#[derive(Debug)]
+pub struct HboneRouting {
+    /// Lower-case host of `:authority` -> route (the routes' `hosts`; any port).
+    pub by_host: HashMap<String, Arc<Route>>,
+    /// The listener's certificate and client verification, with ALPN h2.
+    pub server: Arc<ServerConfig>,
+}
+
+impl HboneRouting {
+    /// The route for a `CONNECT`'s `host:port` authority; `None` means refuse.
+    pub fn select(&self, authority: &str) -> Option<&Arc<Route>> {
+        let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        self.by_host.get(&host.to_ascii_lowercase())
+    }
 }
 
 /// SNI routing state of a TLS listener.
@@ -120,6 +144,16 @@ pub struct TlsRouting {
     /// Permissive listeners whose default route is server-first: a client silent this
     /// long is plaintext, waiting for the greeting.
     pub detection_window: Option<Duration>,
+}
+
+impl ListenerPlan {
+    /// The authority routing of an HBONE listener.
+    pub fn hbone(&self) -> Option<&HboneRouting> {
+        match &self.routing {
+            Routing::Hbone(routing) => Some(routing),
+            _ => None,
+        }
+    }
 }
 
 impl TlsRouting {
@@ -248,6 +282,11 @@ fn build_route(b: &mut Builder<'_>, i: usize, r: &Spanned<RouteConfig>) -> Optio
             // Built even when the key failed, so a bad CA is reported too.
             let client = tls::client_config(key.clone().flatten(), tls).map_err(|e| b.fail(r.span(), field, e)).ok();
             match (key, client) {
+                (Some(_), Some(config)) if route.hbone.is_some() => Some(Some(Origination {
+                    config: tls::with_alpn(&config, crate::hbone::ALPN_H2),
+                    server_name: tls.sni.clone(),
+                    from_client: tls.sni_from_client,
+                })),
                 (Some(_), Some(config)) => Some(Some(Origination { config, server_name: tls.sni.clone(), from_client: tls.sni_from_client })),
                 _ => None,
             }
@@ -265,6 +304,7 @@ fn build_route(b: &mut Builder<'_>, i: usize, r: &Spanned<RouteConfig>) -> Optio
         protocol: route.protocol,
         downstream_ssl: downstream_ssl?,
         keepalive: route.tcp_keepalive,
+        hbone: route.hbone.as_ref().map(|h| Pool::new(h.authority.to_string(), h.max_streams, h.idle_timeout)),
         next_address: AtomicUsize::new(0),
         endpoints: EndpointSet::new(&route.name, &route.endpoints, route.outlier_detection, route.health_check, b.registry),
         send_proxy: route.send_proxy_protocol,
@@ -306,6 +346,7 @@ fn build_listener(b: &mut Builder<'_>, i: usize, l: &Spanned<ListenerConfig>, ro
                 return None;
             }
         },
+        ListenerKind::Tls { tls, .. } if listener.transport == Transport::Hbone => Routing::Hbone(build_hbone_routing(b, i, l, tls, routes)?),
         ListenerKind::Tls { tls, default_route } => Routing::Tls(build_tls_routing(b, i, l, tls, default_route.as_deref(), routes)),
     };
     Some(ListenerPlan {
@@ -409,6 +450,41 @@ fn build_tls_routing(
         peer_auth: listener.peer_auth,
         detection_window: listener.permissive_detection_window,
     }
+}
+
+/// The authority table of an HBONE listener: its own certificate (with ALPN h2) for
+/// every stream, and the `tcp` routes served there by host. Database routes and routes
+/// with their own certificate that do not name this listener are left out (validation
+/// refuses them where they do).
+fn build_hbone_routing(
+    b: &mut Builder<'_>,
+    i: usize,
+    l: &Spanned<ListenerConfig>,
+    tls: &ListenerTls,
+    routes: &HashMap<&str, Arc<Route>>,
+) -> Option<HboneRouting> {
+    let config = b.config;
+    let listener = l.get_ref();
+    let field = format!("listener[{i}] ({}).tls", listener.name);
+    let pair = tls.credential.as_ref()?;
+    let server = b
+        .loaded
+        .key(pair)
+        .and_then(|key| tls::server_config(&tls.policy, tls.mode, key, tls.ca.as_deref(), tls.ca_crl.as_deref()))
+        .map_err(|e| b.fail(l.span(), field, e))
+        .ok()?;
+    let mut by_host = HashMap::new();
+    for rc in config.routes.iter().map(|r| r.get_ref()) {
+        let served = config.tls_listeners_of(rc).any(|name| name == listener.name);
+        if !served || rc.protocol != Protocol::Tcp || rc.downstream_tls.is_some() {
+            continue;
+        }
+        let Some(route) = routes.get(rc.name.as_str()) else { continue };
+        for host in &rc.hosts {
+            by_host.insert(host.to_ascii_lowercase(), route.clone());
+        }
+    }
+    Some(HboneRouting { by_host, server: tls::with_alpn(&server, crate::hbone::ALPN_H2) })
 }
 
 #[cfg(test)]

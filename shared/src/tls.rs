@@ -324,6 +324,32 @@ pub fn client_config_with(
     Ok(Arc::new(config))
 }
 
+/// A copy of `config` that offers (and, at a server, requires of a client that offers
+/// any) the one ALPN protocol `protocol`: HBONE's `h2`.
+pub fn with_alpn<C: Clone + AlpnProtocols>(config: &Arc<C>, protocol: &[u8]) -> Arc<C> {
+    let mut config = (**config).clone();
+    config.set_alpn(vec![protocol.to_vec()]);
+    Arc::new(config)
+}
+
+/// A rustls config whose ALPN protocols can be set: client or server.
+pub trait AlpnProtocols {
+    /// Replaces the ALPN protocols offered or accepted.
+    fn set_alpn(&mut self, protocols: Vec<Vec<u8>>);
+}
+
+impl AlpnProtocols for ServerConfig {
+    fn set_alpn(&mut self, protocols: Vec<Vec<u8>>) {
+        self.alpn_protocols = protocols;
+    }
+}
+
+impl AlpnProtocols for ClientConfig {
+    fn set_alpn(&mut self, protocols: Vec<Vec<u8>>) {
+        self.alpn_protocols = protocols;
+    }
+}
+
 /// Presents one certificate; a reload builds a new config rather than mutating this.
 #[derive(Debug)]
 struct Fixed(Arc<CertifiedKey>);

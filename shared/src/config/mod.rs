@@ -33,11 +33,11 @@ use serde_spanned::Spanned;
 use toml::de::{DeTable, DeValue};
 
 pub use endpoints::{Endpoint, HealthCheck, HealthCheckKind, OutlierDetection};
-pub use model::{CertKey, DownstreamTls, ListenerConfig, ListenerKind, ListenerTls, RouteConfig, TlsPolicy, UpstreamTls};
+pub use model::{CertKey, DownstreamTls, HboneRoute, ListenerConfig, ListenerKind, ListenerTls, RouteConfig, TlsPolicy, UpstreamTls};
 pub use proxy::{ProxyProtocol, ProxyVersion};
 pub use schema::{
     AdminSettings, HealthSettings, MetricsSettings, PeerAuth, ProcessSettings, Protocol, ResolverSettings, SslMode, TcpKeepalive, TelemetrySettings, TlsMode,
-    TlsVersion,
+    TlsVersion, Transport,
 };
 pub use values::{CipherSuite, HostPort};
 

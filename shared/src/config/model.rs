@@ -13,7 +13,7 @@ use std::time::Duration;
 use rustls_pki_types::ServerName;
 use serde::Serialize;
 
-use super::schema::{PeerAuth, Protocol, SslMode, TcpKeepalive, TlsMode, TlsVersion};
+use super::schema::{PeerAuth, Protocol, SslMode, TcpKeepalive, TlsMode, TlsVersion, Transport};
 use super::values::{self, CipherSuite, HostPort};
 use crate::authz::Pattern;
 
@@ -50,6 +50,9 @@ pub struct ListenerConfig {
     /// Where a PROXY protocol header is accepted from; `None`: never (the TCP peer is
     /// the client).
     pub proxy_protocol: Option<super::proxy::ProxyProtocol>,
+    /// `hbone` at a mutual-TLS listener that serves HTTP/2 `CONNECT` streams routed by
+    /// `:authority`; `direct` everywhere else.
+    pub transport: Transport,
 }
 
 /// What a listener does with a connection.
@@ -208,6 +211,20 @@ pub struct RouteConfig {
     pub send_proxy_protocol: Option<super::proxy::ProxyVersion>,
     /// Client address ranges allowed; empty: any.
     pub source_ranges: Vec<ipnet::IpNet>,
+    /// HBONE origination: set when `transport = "hbone"`.
+    pub hbone: Option<HboneRoute>,
+}
+
+/// How an HBONE route originates: its `CONNECT` authority and its pool's bounds.
+#[derive(Clone, Debug, Serialize)]
+pub struct HboneRoute {
+    /// `:authority` of every `CONNECT` this route sends.
+    pub authority: HostPort,
+    /// Most streams at once on one pooled connection.
+    pub max_streams: usize,
+    /// A pooled connection without streams this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl RouteConfig {

@@ -51,6 +51,11 @@ pub struct RawListener {
     pub permissive_detection_window: Option<Duration>,
     /// Accept a PROXY protocol header (v1 or v2) from these trusted ranges only.
     pub proxy_protocol: Option<super::proxy::RawProxyProtocol>,
+    /// `hbone`: a TLS listener that serves HTTP/2 `CONNECT` streams (Istio's HBONE, port
+    /// 15008), each routed by its `:authority`; `direct` (the default): one connection
+    /// per TLS handshake, routed by SNI.
+    #[serde(default)]
+    pub transport: Transport,
 }
 
 /// One `[[route]]` as written.
@@ -99,6 +104,21 @@ pub struct RawRoute {
     /// was accepted); any when empty.
     #[serde(default)]
     pub source_ranges: Vec<String>,
+    /// `hbone`: each client connection becomes one HTTP/2 `CONNECT` stream over a pooled
+    /// mutual-TLS connection to `upstream` (a remote HBONE listener); `direct` (the
+    /// default): one TLS connection per client connection.
+    #[serde(default)]
+    pub transport: Transport,
+    /// HBONE routes: the `:authority` of each `CONNECT` (`host:port` of the destination
+    /// behind the remote gateway, as Istio sends it).
+    pub authority: Option<String>,
+    /// HBONE routes: most streams at once on one pooled connection (default 100, like
+    /// Envoy's); a new pool connection is opened when every one is full.
+    pub hbone_max_streams: Option<usize>,
+    /// HBONE routes: a pooled connection without streams for this long is closed
+    /// (default 60s).
+    #[serde(default, with = "humantime_serde")]
+    pub hbone_idle_timeout: Option<Duration>,
 }
 
 /// A `tls`, `upstream_tls` or `downstream_tls` table as written. Credential files follow
@@ -225,6 +245,18 @@ pub enum PeerAuth {
     Permissive,
     /// Plaintext only, to `default_route`; the listener's TLS settings are not used.
     Disable,
+}
+
+/// How a connection crosses between the gateways: a TLS connection of its own, or a
+/// stream inside a shared HTTP/2 connection (HBONE).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// One TLS (or plain) connection per client connection.
+    #[default]
+    Direct,
+    /// HTTP/2 `CONNECT` streams inside long-lived mutual-TLS connections (Istio's HBONE).
+    Hbone,
 }
 
 /// Lowest TLS version a side accepts.

@@ -15,8 +15,8 @@ use rustls_pki_types::ServerName;
 use serde_spanned::Spanned;
 
 use super::fields::did_you_mean;
-use super::model::{CertKey, DownstreamTls, ListenerConfig, ListenerKind, ListenerTls, RouteConfig, TlsPolicy, UpstreamTls};
-use super::schema::{CredentialPaths, PeerAuth, Protocol, RawListener, RawRoute, RawTls, SslMode, TcpKeepalive, TlsMode};
+use super::model::{CertKey, DownstreamTls, HboneRoute, ListenerConfig, ListenerKind, ListenerTls, RouteConfig, TlsPolicy, UpstreamTls};
+use super::schema::{CredentialPaths, PeerAuth, Protocol, RawListener, RawRoute, RawTls, SslMode, TcpKeepalive, TlsMode, Transport};
 use super::values::{listen_address, san_pattern, CipherSuite, HostPort};
 use super::{Report, Role};
 use crate::authz::Pattern;
@@ -32,6 +32,19 @@ const DEFAULT_DETECTION_WINDOW: Duration = Duration::from_millis(50);
 /// Longest `permissive_detection_window`: every plaintext client waits this long for
 /// its greeting.
 const MAX_DETECTION_WINDOW: Duration = Duration::from_secs(1);
+
+/// Istio's HBONE port: where an HBONE listener binds when the file names no address.
+const HBONE_PORT: u16 = 15008;
+
+/// Streams per pooled HBONE connection, as Envoy's default `max_requests_per_connection`
+/// for CONNECT pools is reached in practice: 100.
+const DEFAULT_HBONE_MAX_STREAMS: usize = 100;
+
+/// Upper bound for `hbone_max_streams` (every stream shares one connection's windows).
+const MAX_HBONE_STREAMS: usize = 10_000;
+
+/// How long a pooled HBONE connection without streams stays open.
+const DEFAULT_HBONE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The file's entries as written.
 pub(super) struct Raw {
@@ -137,6 +150,7 @@ impl Validator<'_> {
         }
         let address = match (&raw.address, &raw.tls) {
             (Some(text), _) => listen_address(text).map_err(|m| at.add("address", m)).ok(),
+            (None, Some(_)) if raw.transport == Transport::Hbone => Some(SocketAddr::from(([0, 0, 0, 0], HBONE_PORT))),
             (None, Some(_)) => Some(SocketAddr::from(([0, 0, 0, 0], self.role.default_tls_port()))),
             (None, None) => {
                 at.add("address", "a plain listener needs an address, e.g. \"0.0.0.0:3306\"");
@@ -161,6 +175,7 @@ impl Validator<'_> {
             None => self.plain(raw, &mut at),
             Some(tls) => self.terminating(raw, tls, &mut at),
         };
+        self.hbone_listener(raw, &mut at);
         if !at.clean() {
             return None;
         }
@@ -175,7 +190,46 @@ impl Validator<'_> {
             access_log_flush_interval: raw.access_log_flush_interval,
             permissive_detection_window,
             proxy_protocol: proxy_protocol?,
+            transport: raw.transport,
         })
+    }
+
+    /// What an HBONE listener needs: mutual TLS with its own certificate (one handshake
+    /// serves every stream, whatever its authority), no SNI-era settings, and routes that
+    /// carry opaque bytes.
+    fn hbone_listener(&self, raw: &RawListener, at: &mut At<'_, '_>) {
+        if raw.transport != Transport::Hbone {
+            return;
+        }
+        let Some(tls) = &raw.tls else {
+            at.add("transport", "an HBONE listener terminates mutual TLS: add tls = { mode = \"mutual\", dir = ... }");
+            return;
+        };
+        if tls.mode.is_some_and(|mode| mode != TlsMode::Mutual) {
+            at.add("tls.mode", "HBONE is mutual TLS (the client's certificate is each stream's identity): use \"mutual\"");
+        }
+        let p = tls.paths();
+        if p.cert.is_none() || p.key.is_none() {
+            at.add("tls", "an HBONE listener presents its own certificate for every stream: give `cert` and `key` (or `dir` holding tls.crt and tls.key)");
+        }
+        if raw.default_route.is_some() {
+            at.add("default_route", "an HBONE listener routes each stream by its :authority: remove default_route");
+        }
+        if raw.peer_auth != PeerAuth::Strict {
+            at.add("peer_auth", "an HBONE listener takes mutual TLS only: remove peer_auth");
+        }
+        let named_here = |r: &&RawRoute| r.listeners.as_ref().is_some_and(|names| names.contains(&raw.name));
+        for r in self.raw.routes.iter().map(|r| r.get_ref()).filter(named_here) {
+            if r.protocol != Protocol::Tcp {
+                at.add(
+                    "transport",
+                    format!("route {:?} is protocol {:?}, but HBONE streams carry opaque bytes: serve it at another listener", r.name, r.protocol.as_str()),
+                );
+            }
+            if r.downstream_tls.is_some() {
+                at.add("transport", format!("route {:?} brings a downstream_tls, but at an HBONE listener the handshake is the listener's own: remove it or serve the route elsewhere", r.name));
+            }
+        }
     }
 
     /// The detection window of a permissive listener whose default route is
@@ -332,6 +386,7 @@ impl Validator<'_> {
         let downstream_tls = downstream_tls(raw, &mut at);
         let downstream_ssl_mode = downstream_ssl_mode(raw, &mut at);
         let source_ranges = super::proxy::ranges(&raw.source_ranges, "source_ranges", |f, m| at.add(f, m));
+        let hbone = hbone_route(raw, &mut at);
         if !at.clean() {
             return None;
         }
@@ -353,6 +408,7 @@ impl Validator<'_> {
             tcp_keepalive: raw.tcp_keepalive,
             send_proxy_protocol: raw.send_proxy_protocol,
             source_ranges: source_ranges?,
+            hbone: hbone?,
         })
     }
 
@@ -490,6 +546,43 @@ impl Validator<'_> {
 fn primary(endpoints: &[super::endpoints::Endpoint]) -> Option<HostPort> {
     let best = endpoints.iter().map(|e| e.priority).min()?;
     endpoints.iter().find(|e| e.priority == best).map(|e| e.address.clone())
+}
+
+/// A route's HBONE origination (`Some(None)`: a direct route), or `None` after a finding.
+fn hbone_route(raw: &RawRoute, at: &mut At<'_, '_>) -> Option<Option<HboneRoute>> {
+    if raw.transport == Transport::Direct {
+        let set = [
+            ("authority", raw.authority.is_some()),
+            ("hbone_max_streams", raw.hbone_max_streams.is_some()),
+            ("hbone_idle_timeout", raw.hbone_idle_timeout.is_some()),
+        ];
+        for (field, _) in set.iter().filter(|(_, set)| *set) {
+            at.add(field, "only HBONE routes use it: add transport = \"hbone\", or remove it");
+        }
+        return Some(None);
+    }
+    if raw.protocol != Protocol::Tcp {
+        at.add("protocol", "an HBONE route carries opaque bytes in its stream: use protocol \"tcp\" (the database's own TLS, if any, goes inside)");
+    }
+    if raw.upstream_tls.as_ref().and_then(|tls| tls.mode) != Some(TlsMode::Mutual) {
+        at.add("upstream_tls", "HBONE runs inside mutual TLS: give upstream_tls = { mode = \"mutual\", dir = ... } (its ALPN is h2)");
+    }
+    let authority = match &raw.authority {
+        Some(text) => HostPort::parse(text).map_err(|m| at.add("authority", m)).ok(),
+        None => {
+            at.add("authority", "an HBONE route names the destination every CONNECT asks for: authority = \"db.example.com:3306\"");
+            None
+        }
+    };
+    let max_streams = raw.hbone_max_streams.unwrap_or(DEFAULT_HBONE_MAX_STREAMS);
+    if !(1..=MAX_HBONE_STREAMS).contains(&max_streams) {
+        at.add("hbone_max_streams", format!("must be between 1 and {MAX_HBONE_STREAMS}"));
+    }
+    let idle_timeout = raw.hbone_idle_timeout.unwrap_or(DEFAULT_HBONE_IDLE_TIMEOUT);
+    if idle_timeout.is_zero() {
+        at.add("hbone_idle_timeout", "must be more than 0 (a pooled connection would close before its first stream)");
+    }
+    Some(Some(HboneRoute { authority: authority?, max_streams, idle_timeout }))
 }
 
 /// `Some(None)`: the route has no certificate of its own.

@@ -282,6 +282,7 @@ impl Gateway {
         let endpoints = Arc::new(Registry::new(metrics.clone()));
         let table = RouteTable::build_with(&config, &endpoints)?;
         let watcher = FileWatcher::new(changes).map_err(|e| StartError::Setup { what: "file watcher", reason: e.to_string() })?;
+        let stop_accepting = CancellationToken::new();
         let mut gateway = Gateway {
             role,
             config_path: options.config_path.clone(),
@@ -291,11 +292,12 @@ impl Gateway {
                 role,
                 recorder,
                 force_close: CancellationToken::new(),
+                draining: stop_accepting.clone(),
                 drain_timeout: ArcSwap::from_pointee(config.process.drain_timeout),
             }),
             listeners: BTreeMap::new(),
             bound_addresses: Arc::default(),
-            stop_accepting: CancellationToken::new(),
+            stop_accepting,
             tracker: TaskTracker::new(),
             watcher,
             watched_files: Vec::new(),

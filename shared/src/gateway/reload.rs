@@ -106,6 +106,7 @@ impl Gateway {
         let kind = match &plan.routing {
             Routing::Plain(route) => format!("plain -> route {}", route.name),
             Routing::Tls(t) => format!("tls, {} SNI hosts, {} wildcards", t.by_sni.len(), t.wildcards.len()),
+            Routing::Hbone(h) => format!("hbone, {} authority hosts", h.by_host.len()),
         };
         tracing::info!(listener = %plan.name, %address, %kind, max_connections = plan.max_connections, "listening");
         let stop = self.stop_accepting.child_token();
