@@ -22,6 +22,7 @@ use crate::config::{PeerAuth, Protocol, Role};
 use crate::error::{ConnError, Op, Side, UpstreamError};
 use crate::identity::Identity;
 use crate::metrics::{NegotiationLabels, RouteLabels};
+use crate::recheck::{Cut, LiveConnections, Peer, Registration};
 use crate::relay::relay;
 use crate::resolve::Resolver;
 use crate::route::{Route, RouteTable, Routing, TlsRouting};
@@ -46,6 +47,34 @@ pub struct Context {
     pub force_close: CancellationToken,
     /// The drain's length, for the record of a connection it cut.
     pub drain_timeout: ArcSwap<Duration>,
+    /// Every open TLS connection's peer chain, re-verified when a reload changes the
+    /// trust ([`crate::recheck`]).
+    pub live: Arc<LiveConnections>,
+}
+
+/// One connection's link to [`Context::live`]: the peers it registered (removed when
+/// the connection ends) and the cut a failed re-check closes it with.
+struct Watch {
+    live: Arc<LiveConnections>,
+    listener: Arc<str>,
+    cut: Arc<Cut>,
+    held: Vec<Registration>,
+}
+
+impl Watch {
+    fn register(&mut self, peer: Peer, chain: Option<&[rustls_pki_types::CertificateDer<'_>]>) {
+        if let Some(registration) = chain.and_then(|chain| self.live.register(self.listener.clone(), peer, chain, self.cut.clone())) {
+            self.held.push(registration);
+        }
+    }
+}
+
+/// The peer's certificate chain of a TLS stream.
+fn peer_chain(stream: &Stream) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
+    match stream {
+        Either::Left(_) => None,
+        Either::Right(tls) => tls.get_ref().1.peer_certificates(),
+    }
 }
 
 /// Serves one accepted connection to the end; its record is written when this returns
@@ -57,10 +86,13 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, contex
             Role::Egress => "outbound",
             Role::Ingress => "inbound",
         };
+        let cut = Arc::new(Cut::default());
+        let mut watch = Watch { live: context.live.clone(), listener: listener.clone(), cut: cut.clone(), held: Vec::new() };
         let mut record = ConnectionRecord::new(context.recorder.clone(), listener, direction, peer);
         let end = tokio::select! {
-            end = serve(tcp, &context, &mut record) => end,
+            end = serve(tcp, &context, &mut record, &mut watch) => end,
             () = context.force_close.cancelled() => Err(ConnError::Drained(**context.drain_timeout.load())),
+            reason = cut.cut() => Err(ConnError::TrustChanged(reason)),
         };
         record.finish(end);
     }
@@ -68,7 +100,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, contex
     .await
 }
 
-async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord) -> Result<(), ConnError> {
+async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord, watch: &mut Watch) -> Result<(), ConnError> {
     let table = context.table.load_full();
     let plan = table.listener(&record.listener).ok_or(ConnError::ListenerRemoved)?;
     crate::socket::tune(&tcp, &plan.keepalive);
@@ -78,6 +110,10 @@ async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord)
         // an idle connection's task does not carry it.
         Routing::Tls(routing) => Box::pin(accept(tcp, routing, record)).await?,
     };
+    let tls_at_listener = record.sides.downstream_tls;
+    if tls_at_listener {
+        watch.register(Peer::Client { sni: record.sni.clone() }, peer_chain(&downstream));
+    }
     record.route = Some(route.name.clone());
     record.destination_service = Some(route.host.clone());
     record.protocol = route.protocol.as_str();
@@ -110,6 +146,10 @@ async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord)
     record.metrics().upstream_connect_seconds.observe(&RouteLabels { route: route.name.clone() }, connecting.elapsed());
     record.opened();
     let (downstream, upstream) = upstream;
+    watch.register(Peer::Server { route: route.name.clone() }, peer_chain(&upstream));
+    if !tls_at_listener {
+        watch.register(Peer::ProtocolClient { route: route.name.clone() }, peer_chain(&downstream));
+    }
     let record: &ConnectionRecord = record;
     // Boxed, like the set-up stages: the task itself then stays small.
     let mut relaying = Box::pin(relay(downstream, upstream, route.idle_timeout, &record.moved));

@@ -28,6 +28,9 @@ pub enum Outcome {
     RelayFailed,
     /// Still open when the drain ended, and cut.
     Drained,
+    /// Closed because its peer's certificate no longer verified after a reload changed
+    /// the trust (a CRL, a CA bundle, a trust domain).
+    Revoked,
 }
 
 impl Outcome {
@@ -40,6 +43,7 @@ impl Outcome {
             Outcome::UpstreamFailed => "upstream_failed",
             Outcome::RelayFailed => "relay_failed",
             Outcome::Drained => "drained",
+            Outcome::Revoked => "revoked",
         }
     }
 }
@@ -111,6 +115,7 @@ impl Refusal {
         match tls {
             E::NoCertificatesPresented => Refusal::NoClientCert,
             E::InvalidCertificate(C::UnknownIssuer) => Refusal::UnknownCa,
+            E::InvalidCertificate(C::Other(other)) => other.0.downcast_ref::<crate::trust::TrustRefusal>().map_or(Refusal::BadCertificate, |t| t.refusal()),
             E::InvalidCertificate(_) => Refusal::BadCertificate,
             // TLS 1.0/1.1 ClientHellos lack signature_algorithms (added in 1.2): that is
             // how an old version shows up before any version negotiation.
@@ -254,7 +259,7 @@ pub enum ConnError {
     #[error("no SNI and the listener has no default_route")]
     NoSni,
     /// The client's TLS handshake failed.
-    #[error("TLS handshake failed: {0}")]
+    #[error("TLS handshake failed: {}", crate::tls::describe(.0))]
     Handshake(std::io::Error),
     /// The client's TLS handshake inside a database protocol failed.
     #[error("client TLS handshake (inside {protocol}) failed: {source}")]
@@ -320,6 +325,9 @@ pub enum ConnError {
     /// abandoned then, not run on to its timeout.
     #[error("the client closed while the upstream was being set up: set-up abandoned")]
     ClientGone,
+    /// Closed after a reload changed the trust: the peer's chain no longer verifies.
+    #[error("{0}")]
+    TrustChanged(String),
     /// The process stopped under the connection (its task was dropped unfinished).
     #[error("the gateway stopped before the connection ended")]
     Abandoned,
@@ -388,6 +396,7 @@ impl ConnError {
             }
             ConnError::Idle(_) => Class { outcome: Outcome::RelayFailed, refusal: None, level: Level::INFO },
             ConnError::Drained(_) | ConnError::Abandoned => Class { outcome: Outcome::Drained, refusal: None, level: Level::WARN },
+            ConnError::TrustChanged(_) => Class { outcome: Outcome::Revoked, refusal: None, level: Level::WARN },
         }
     }
 }

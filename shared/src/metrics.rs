@@ -369,6 +369,9 @@ pub struct Metrics {
     pub cert_not_after: FloatGaugeVec<CredentialLabels>,
     /// Configuration/credential reloads by result.
     pub reloads: CounterVec<ReloadLabels>,
+    /// Open connections closed because a reload changed the trust and their peer's
+    /// chain no longer verified ([`crate::recheck`]).
+    pub trust_change_closed: CounterVec<ListenerLabels>,
     /// Database protocol negotiations, by which sides became TLS and how they ended.
     pub negotiations: CounterVec<NegotiationLabels>,
     /// Istio's `istio_tcp_connections_opened_total`, with Istio's labels.
@@ -408,6 +411,8 @@ impl Metrics {
             dns_failures: d.counter("dns_resolution_failures", "Upstream names that gave no address"),
             cert_not_after: d.float_gauge("certificate_not_after_seconds", "Expiry of each loaded certificate (Unix time)"),
             reloads: d.counter("config_reloads", "Configuration and credential reloads, by result"),
+            trust_change_closed: d
+                .counter("connections_closed_on_trust_change", "Open connections closed after a reload: their peer's chain no longer verified"),
             negotiations: d.counter("database_negotiations", "MySQL/PostgreSQL in-protocol TLS negotiations, by TLS sides and outcome"),
             registry: Registry::default(),
         };

@@ -56,6 +56,8 @@ pub struct DownstreamSsl {
     pub mode: SslMode,
     /// Server certificate and client verification, when offered.
     pub server: Option<Arc<ServerConfig>>,
+    /// The client verifier inside `server` (mutual mode), for [`crate::recheck`].
+    pub verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 }
 
 /// How a route originates TLS.
@@ -65,6 +67,9 @@ pub struct Origination {
     pub config: Arc<ClientConfig>,
     /// Sent as SNI and verified against the server's certificate.
     pub server_name: ServerName<'static>,
+    /// The server verifier inside `config`, to verify a live connection's server chain
+    /// again after a trust change ([`crate::recheck`]).
+    pub verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
 }
 
 impl Route {
@@ -81,6 +86,9 @@ pub struct TlsEntry {
     pub route: Arc<Route>,
     /// Certificate and client verification for this route's hosts.
     pub server: Arc<ServerConfig>,
+    /// The client verifier inside `server` (mutual mode), to verify a live
+    /// connection's chain again after a trust change ([`crate::recheck`]).
+    pub verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 }
 
 /// How one listener picks routes.
@@ -138,6 +146,8 @@ pub struct ListenerPlan {
     pub keepalive: TcpKeepalive,
     /// How often a relaying connection writes a periodic access-log record, if at all.
     pub flush_interval: Option<Duration>,
+    /// Whether a trust change re-verifies the peers of this listener's open connections.
+    pub recheck_on_trust_change: bool,
 }
 
 /// The whole routing state of a process: what a reload replaces.
@@ -220,9 +230,12 @@ fn build_route(b: &mut Builder<'_>, i: usize, r: &Spanned<RouteConfig>) -> Optio
                 None => Some(None),
             };
             // Built even when the key failed, so a bad CA is reported too.
-            let client = tls::client_config(key.clone().flatten(), tls).map_err(|e| b.fail(r.span(), field, e)).ok();
+            let client = tls::server_verifier(tls)
+                .and_then(|verifier| Ok((tls::client_config_with(key.clone().flatten(), tls, verifier.clone())?, verifier)))
+                .map_err(|e| b.fail(r.span(), field, e))
+                .ok();
             match (key, client) {
-                (Some(_), Some(config)) => Some(Some(Origination { config, server_name: tls.sni.clone() })),
+                (Some(_), Some((config, verifier))) => Some(Some(Origination { config, server_name: tls.sni.clone(), verifier })),
                 _ => None,
             }
         }
@@ -250,14 +263,15 @@ fn build_downstream_ssl(b: &mut Builder<'_>, i: usize, r: &Spanned<RouteConfig>)
     let mode = route.downstream_ssl_mode;
     let own = match (&route.downstream_tls, route.protocol, mode) {
         (Some(own), Protocol::Mysql | Protocol::Postgres, SslMode::Preferred | SslMode::Required) => own,
-        _ => return Some(DownstreamSsl { mode: SslMode::Disabled, server: None }),
+        _ => return Some(DownstreamSsl { mode: SslMode::Disabled, server: None, verifier: None }),
     };
     let tls_mode = own.mode.unwrap_or(if own.ca.is_some() { TlsMode::Mutual } else { TlsMode::Simple });
     let ca = if tls_mode == TlsMode::Mutual { own.ca.as_deref() } else { None };
     // Versions and suites of a database route are the defaults (validation refuses others).
-    let server = b.loaded.key(&own.credential).and_then(|key| tls::server_config(&TlsPolicy::default(), tls_mode, key, ca, own.ca_crl.as_deref()));
+    let trust = tls::ClientTrust { ca, trust_domains: None, crl: own.ca_crl.as_deref() };
+    let server = b.loaded.key(&own.credential).and_then(|key| tls::server_config(&TlsPolicy::default(), tls_mode, key, &trust));
     match server {
-        Ok(server) => Some(DownstreamSsl { mode, server: Some(server) }),
+        Ok(server) => Some(DownstreamSsl { mode, server: Some(server.config), verifier: server.verifier }),
         Err(e) => {
             b.fail(r.span(), format!("route[{i}] ({}).downstream_tls", route.name), e);
             None
@@ -287,6 +301,7 @@ fn build_listener(b: &mut Builder<'_>, i: usize, l: &Spanned<ListenerConfig>, ro
         routing,
         keepalive: listener.tcp_keepalive,
         flush_interval: listener.access_log_flush_interval,
+        recheck_on_trust_change: listener.recheck_on_trust_change,
     })
 }
 
@@ -303,15 +318,11 @@ fn build_tls_routing(
     let config = b.config;
     let listener = l.get_ref();
     let listener_field = format!("listener[{i}] ({}).tls", listener.name);
-    let server_config = |key, ca: Option<&std::path::Path>, crl: Option<&std::path::Path>| tls::server_config(&tls.policy, tls.mode, key, ca, crl);
+    let server_config = |key, trust: &tls::ClientTrust<'_>| tls::server_config(&tls.policy, tls.mode, key, trust);
+    let listener_trust = tls::ClientTrust { ca: tls.ca.as_deref(), trust_domains: Some(&tls.trust_domains), crl: tls.ca_crl.as_deref() };
     // The listener's own certificate serves every route that brings none.
     let shared = match &tls.credential {
-        Some(pair) => b
-            .loaded
-            .key(pair)
-            .and_then(|key| server_config(key, tls.ca.as_deref(), tls.ca_crl.as_deref()))
-            .map_err(|e| b.fail(l.span(), listener_field.clone(), e))
-            .ok(),
+        Some(pair) => b.loaded.key(pair).and_then(|key| server_config(key, &listener_trust)).map_err(|e| b.fail(l.span(), listener_field.clone(), e)).ok(),
         None => None,
     };
     let mut by_sni = HashMap::new();
@@ -325,9 +336,13 @@ fn build_tls_routing(
             (Some(own), _) => {
                 // Only an explicit `ca` replaces the listener's client CA: a Secret's
                 // ca.crt names the issuer of the *server* certificate (cert-manager).
-                let ca = own.ca.as_deref().or(tls.ca.as_deref());
+                // An own `ca` replaces the listener's trust (trust domains included).
                 let crl = own.ca_crl.as_deref().or(tls.ca_crl.as_deref());
-                match b.loaded.key(&own.credential).and_then(|key| server_config(key, ca, crl)) {
+                let trust = match own.ca.as_deref() {
+                    Some(ca) => tls::ClientTrust { ca: Some(ca), trust_domains: None, crl },
+                    None => tls::ClientTrust { crl, ..listener_trust },
+                };
+                match b.loaded.key(&own.credential).and_then(|key| server_config(key, &trust)) {
                     Ok(server) => server,
                     Err(e) => {
                         b.fail(r.span(), format!("route[{j}] ({}).downstream_tls", rc.name), e);
@@ -346,7 +361,7 @@ fn build_tls_routing(
         };
         // A route that failed to build has said why.
         let Some(route) = routes.get(rc.name.as_str()) else { continue };
-        let entry = TlsEntry { route: route.clone(), server };
+        let entry = TlsEntry { route: route.clone(), server: server.config, verifier: server.verifier };
         for host in &rc.hosts {
             by_sni.insert(host.to_ascii_lowercase(), entry.clone());
         }

@@ -6,6 +6,7 @@
 //! means "not configured", never "validated to be present". The serde `Serialize` is the
 //! effective configuration shown at `/config_dump` (`dir` expanded into file paths).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,6 +48,9 @@ pub struct ListenerConfig {
     /// for up to `handshake_timeout`.
     #[serde(with = "humantime_serde")]
     pub permissive_detection_window: Option<Duration>,
+    /// Whether a reload that changes this listener's trust (CA bundle, trust domains,
+    /// CRL) verifies its open connections' client chains again, closing those that fail.
+    pub recheck_on_trust_change: bool,
 }
 
 /// What a listener does with a connection.
@@ -104,8 +108,13 @@ pub struct ListenerTls {
     /// The certificate presented for routes that bring no `downstream_tls`.
     #[serde(flatten)]
     pub credential: Option<CertKey>,
-    /// CA bundle that verifies client certificates; present in `mutual` mode.
+    /// CA bundle that verifies client certificates (with `trust_domains`, those
+    /// without a SPIFFE ID); in `mutual` mode this or `trust_domains` is present.
     pub ca: Option<PathBuf>,
+    /// SPIFFE federation: trust domain -> CA bundle for client certificates whose
+    /// SPIFFE ID names it ([`crate::trust`]); empty: `ca` verifies every client.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub trust_domains: BTreeMap<String, PathBuf>,
     /// Revocation lists checked against client certificates.
     pub ca_crl: Option<PathBuf>,
     /// Versions and suites.
@@ -122,8 +131,13 @@ pub struct UpstreamTls {
     /// Client certificate presented upstream; set exactly in `mutual` mode.
     #[serde(flatten)]
     pub client: Option<CertKey>,
-    /// CA bundle that verifies the server.
-    pub ca: PathBuf,
+    /// CA bundle that verifies the server (with `trust_domains`, a server certificate
+    /// without a SPIFFE ID); always present without `trust_domains`.
+    pub ca: Option<PathBuf>,
+    /// SPIFFE federation: trust domain -> CA bundle for server certificates whose
+    /// SPIFFE ID names it ([`crate::trust`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub trust_domains: BTreeMap<String, PathBuf>,
     /// SNI sent and, unless `subject_alt_names` replace it, the name verified
     /// (default: the upstream host).
     #[serde(serialize_with = "values::server_name")]

@@ -49,6 +49,10 @@ pub struct RawListener {
     /// a plaintext client waiting for the server's greeting (default 50ms).
     #[serde(default, with = "humantime_serde")]
     pub permissive_detection_window: Option<Duration>,
+    /// At a mutual-TLS listener: after a reload that changed a CA bundle, trust domain or
+    /// CRL, verify every open connection's client chain again and close those that no
+    /// longer verify (default true).
+    pub recheck_on_trust_change: Option<bool>,
 }
 
 /// One `[[route]]` as written.
@@ -103,8 +107,12 @@ pub struct RawTls {
     /// Kubernetes pod certificate (`credentialBundlePath`) or cert-manager's
     /// csi-driver-spiffe writes it; read in one go, so key and chain always match.
     pub bundle: Option<PathBuf>,
-    /// CA bundle to verify the peer (PEM).
+    /// CA bundle to verify the peer (PEM). With `trust_domains`: the bundle for peer
+    /// certificates without a SPIFFE ID.
     pub ca: Option<PathBuf>,
+    /// SPIFFE trust-domain federation: trust domain -> the CA bundle (PEM) that peer
+    /// certificates whose SPIFFE ID names that domain must chain to.
+    pub trust_domains: Option<std::collections::BTreeMap<String, PathBuf>>,
     /// SNI and verified name on origination.
     pub sni: Option<String>,
     /// Lowest TLS version accepted.

@@ -40,7 +40,7 @@ fn egress_reference_parses_with_role_defaults() {
     assert_eq!(c.listeners[0].get_ref().address, "0.0.0.0:15443".parse::<SocketAddr>().unwrap());
     let up = c.routes[0].get_ref().upstream_tls.as_ref().unwrap();
     assert_eq!(up.client.as_ref().map(|c| c.key.clone()), Some(PathBuf::from("/certs/client/tls.key")));
-    assert_eq!(up.ca, PathBuf::from("/certs/client/ca.crt"));
+    assert_eq!(up.ca, Some(PathBuf::from("/certs/client/ca.crt")));
     assert_eq!(c.routes[0].get_ref().connect_timeout, Duration::from_secs(10));
 }
 
@@ -383,5 +383,60 @@ fn a_permissive_mysql_default_route_gets_a_detection_window_and_only_it_may_set_
     for bad in ["0s", "2s", "10s"] {
         let found = findings(Role::Egress, &set(&as_mysql, bad));
         assert!(found[0].contains("permissive_detection_window: must be more than 0, at most 1s and less than handshake_timeout"), "{bad}: {found:#?}");
+    }
+}
+
+#[test]
+fn trust_domains_are_parsed_and_checked() {
+    let federated = r#"
+[[listener]]
+name = "mesh"
+tls = { mode = "mutual", cert = "/c/tls.crt", key = "/c/tls.key", trust_domains = { "a.example" = "/certs/a/ca.crt", "b.example" = "/certs/b/ca.crt" } }
+recheck_on_trust_change = false
+
+[[route]]
+name = "db"
+hosts = ["db.example.com"]
+upstream = "db.example.com:13306"
+upstream_tls = { mode = "mutual", cert = "/c/tls.crt", key = "/c/tls.key", trust_domains = { "b.example" = "/certs/b/ca.crt" }, subject_alt_names = ["spiffe://b.example/ns/db/sa/ingress"] }
+"#;
+    let c = parse(Role::Egress, federated).unwrap();
+    let listener = c.listeners[0].get_ref();
+    let tls = listener.tls().unwrap();
+    assert_eq!(tls.ca, None);
+    assert_eq!(tls.trust_domains.keys().collect::<Vec<_>>(), ["a.example", "b.example"]);
+    assert!(!listener.recheck_on_trust_change);
+    let up = c.routes[0].get_ref().upstream_tls.as_ref().unwrap();
+    assert_eq!((up.ca.clone(), up.trust_domains.len()), (None, 1));
+    assert!(c.watched_files().contains(&PathBuf::from("/certs/a/ca.crt")));
+    assert!(parse(Role::Egress, EGRESS).unwrap().listeners[0].get_ref().recheck_on_trust_change, "on by default");
+
+    let bad = r#"
+[[listener]]
+name = "mesh"
+tls = { mode = "mutual", cert = "/c/tls.crt", key = "/c/tls.key", trust_domains = { "spiffe://a.example" = "/a.crt", "A.example" = "/a.crt" } }
+
+[[listener]]
+name = "simple"
+address = "127.0.0.1:15444"
+tls = { mode = "simple", cert = "/c/tls.crt", key = "/c/tls.key", trust_domains = { "a.example" = "/a.crt" } }
+
+[[route]]
+name = "db"
+hosts = ["db.example.com"]
+upstream = "db.example.com:13306"
+upstream_tls = { mode = "mutual", cert = "/c/tls.crt", key = "/c/tls.key", trust_domains = {} }
+downstream_tls = { cert = "/c/tls.crt", key = "/c/tls.key", trust_domains = { "a.example" = "/a.crt" } }
+"#;
+    let found = findings(Role::Egress, bad).join("\n");
+    for needle in [
+        "listener[0] (mesh).tls.trust_domains: \"spiffe://a.example\" is not a SPIFFE trust domain name: a trust domain name has no scheme",
+        "listener[0] (mesh).tls.trust_domains: \"A.example\" is not a SPIFFE trust domain name: the trust domain must be lowercase",
+        "listener[1] (simple).tls.trust_domains: mode \"simple\" asks no client certificate",
+        "route[0] (db).upstream_tls.trust_domains: empty",
+        "route[0] (db).downstream_tls.trust_domains: client trust is the listener's",
+        "test.toml:",
+    ] {
+        assert!(found.contains(needle), "{needle:?} not in:\n{found}");
     }
 }

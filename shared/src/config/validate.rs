@@ -6,9 +6,10 @@
 //! turned into its checked type only when none of its checks failed, so a checked value
 //! never stands on a guess.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
@@ -161,6 +162,7 @@ impl Validator<'_> {
             tcp_keepalive: raw.tcp_keepalive,
             access_log_flush_interval: raw.access_log_flush_interval,
             permissive_detection_window,
+            recheck_on_trust_change: raw.recheck_on_trust_change.unwrap_or(true),
         })
     }
 
@@ -269,8 +271,12 @@ impl Validator<'_> {
                 at.add("tls.mode", format!("route {:?} has an `allow` list, but mode \"simple\" asks no client certificate: use \"mutual\"", r.name));
             }
         }
-        if mode == Some(TlsMode::Mutual) && p.ca.is_none() {
-            at.add("tls.ca", "mode \"mutual\" verifies client certificates: give `ca` (or `dir` holding ca.crt)");
+        let trust_domains = trust_domains(tls, "tls", at);
+        if mode == Some(TlsMode::Mutual) && p.ca.is_none() && tls.trust_domains.is_none() {
+            at.add("tls.ca", "mode \"mutual\" verifies client certificates: give `ca` (or `dir` holding ca.crt, or `trust_domains`)");
+        }
+        if mode == Some(TlsMode::Simple) && tls.trust_domains.is_some() {
+            at.add("tls.trust_domains", "mode \"simple\" asks no client certificate: use \"mutual\", or remove trust_domains");
         }
         if p.cert.is_none() && p.key.is_none() {
             for r in served.iter().filter(|r| r.downstream_tls.is_none()) {
@@ -283,7 +289,7 @@ impl Validator<'_> {
                 );
             }
         }
-        let tls = ListenerTls { mode: mode?, credential, ca: p.ca, ca_crl: tls.ca_crl.clone(), policy: policy? };
+        let tls = ListenerTls { mode: mode?, credential, ca: p.ca, trust_domains: trust_domains?, ca_crl: tls.ca_crl.clone(), policy: policy? };
         Some(ListenerKind::Tls { tls, default_route: raw.default_route.clone() })
     }
 
@@ -358,7 +364,11 @@ impl Validator<'_> {
                 return None;
             }
             Some(TlsMode::Disable) => {
-                let tls_settings = tls.sni.is_some() || tls.subject_alt_names.is_some() || tls.cipher_suites.is_some() || tls.min_version.is_some();
+                let tls_settings = tls.sni.is_some()
+                    || tls.subject_alt_names.is_some()
+                    || tls.cipher_suites.is_some()
+                    || tls.min_version.is_some()
+                    || tls.trust_domains.is_some();
                 if p != CredentialPaths::default() || tls_settings {
                     at.add("upstream_tls", "mode \"disable\" sends plaintext: remove the credential and TLS fields or pick \"simple\"/\"mutual\"");
                 }
@@ -366,8 +376,9 @@ impl Validator<'_> {
             }
             Some(mode) => mode,
         };
-        if p.ca.is_none() {
-            at.add("upstream_tls.ca", "origination verifies the server: give `ca` (or `dir` holding ca.crt)");
+        let trust_domains = trust_domains(tls, "upstream_tls", at);
+        if p.ca.is_none() && tls.trust_domains.is_none() {
+            at.add("upstream_tls.ca", "origination verifies the server: give `ca` (or `dir` holding ca.crt, or `trust_domains`)");
         }
         let client = match (mode, cert_key(&p)) {
             (TlsMode::Mutual, None) => {
@@ -385,7 +396,8 @@ impl Validator<'_> {
         Some(Some(UpstreamTls {
             mode,
             client,
-            ca: p.ca?,
+            ca: p.ca,
+            trust_domains: trust_domains?,
             sni: sni?,
             subject_alt_names: subject_alt_names?,
             verify_hostname: tls.verify_hostname.unwrap_or(false),
@@ -430,6 +442,9 @@ fn downstream_tls(raw: &RawRoute, at: &mut At<'_, '_>) -> Option<Option<Downstre
         at.add("downstream_tls", "only credential fields (dir, cert, key, ca) belong here; the listener's tls.mode applies");
     }
     bundle_alone(tls, "downstream_tls", at);
+    if tls.trust_domains.is_some() {
+        at.add("downstream_tls.trust_domains", "client trust is the listener's: set trust_domains in the listener's tls");
+    }
     let p = tls.paths();
     if database && tls.mode == Some(TlsMode::Disable) {
         at.add("downstream_tls.mode", "use downstream_ssl_mode = \"disabled\" to serve database clients in plaintext");
@@ -536,6 +551,24 @@ fn unique_names<'r>(report: &mut Report<'_>, kind: &str, names: impl Iterator<It
 
 /// A `bundle` holds the key and the chain: a `cert` or `key` beside it would be a
 /// second, possibly different, credential.
+/// `trust_domains` with every name checked as a SPIFFE trust domain; empty when absent.
+fn trust_domains(tls: &RawTls, field: &str, at: &mut At<'_, '_>) -> Option<BTreeMap<String, PathBuf>> {
+    let Some(domains) = &tls.trust_domains else { return Some(BTreeMap::new()) };
+    let field = format!("{field}.trust_domains");
+    if domains.is_empty() {
+        at.add(&field, "empty: map at least one trust domain to its CA bundle, e.g. { \"a.example\" = \"/certs/a/ca.crt\" }, or remove it");
+        return None;
+    }
+    let mut clean = true;
+    for name in domains.keys() {
+        if let Err(reason) = crate::trust::check_trust_domain_name(name) {
+            at.add(&field, format!("{name:?} is not a SPIFFE trust domain name: {reason}"));
+            clean = false;
+        }
+    }
+    clean.then(|| domains.clone())
+}
+
 fn bundle_alone(tls: &RawTls, field: &str, at: &mut At<'_, '_>) {
     if tls.bundle.is_some() && (tls.cert.is_some() || tls.key.is_some()) {
         at.add(&format!("{field}.bundle"), "a bundle already holds the key and the chain: give either `bundle` or `cert` and `key`");
