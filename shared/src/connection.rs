@@ -90,6 +90,8 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, contex
         let mut watch = Watch { live: context.live.clone(), listener: listener.clone(), cut: cut.clone(), held: Vec::new() };
         let mut record = ConnectionRecord::new(context.recorder.clone(), listener, direction, peer);
         let end = tokio::select! {
+            // Biased: a cut seen while relaying is handled inside `serve` (with a reset).
+            biased;
             end = serve(tcp, &context, &mut record, &mut watch) => end,
             () = context.force_close.cancelled() => Err(ConnError::Drained(**context.drain_timeout.load())),
             reason = cut.cut() => Err(ConnError::TrustChanged(reason)),
@@ -145,28 +147,50 @@ async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord,
     };
     record.metrics().upstream_connect_seconds.observe(&RouteLabels { route: route.name.clone() }, connecting.elapsed());
     record.opened();
-    let (downstream, upstream) = upstream;
+    let (mut downstream, mut upstream) = upstream;
     watch.register(Peer::Server { route: route.name.clone() }, peer_chain(&upstream));
     if !tls_at_listener {
         watch.register(Peer::ProtocolClient { route: route.name.clone() }, peer_chain(&downstream));
     }
     let record: &ConnectionRecord = record;
     // Boxed, like the set-up stages: the task itself then stays small.
-    let mut relaying = Box::pin(relay(downstream, upstream, route.idle_timeout, &record.moved));
-    let ended = match plan.flush_interval {
-        None => relaying.await,
-        Some(every) => {
-            record.report_open();
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            loop {
-                tokio::select! {
-                    ended = &mut relaying => break ended,
-                    _ = ticks.tick() => record.report_periodic(),
+    let mut relaying = Box::pin(relay(&mut downstream, &mut upstream, route.idle_timeout, &record.moved));
+    let relayed = async {
+        match plan.flush_interval {
+            None => relaying.await,
+            Some(every) => {
+                record.report_open();
+                let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tokio::select! {
+                        ended = &mut relaying => break ended,
+                        _ = ticks.tick() => record.report_periodic(),
+                    }
                 }
             }
         }
     };
+    let cut = watch.cut.clone();
+    let ended = tokio::select! {
+        ended = relayed => ended,
+        reason = cut.cut() => {
+            // A peer no longer trusted is cut with a reset, both ways: a FIN would be
+            // relayed as a half-close and leave the far side's connection open.
+            abort(&downstream);
+            abort(&upstream);
+            return Err(ConnError::TrustChanged(reason));
+        }
+    };
     ended.map_err(|e| refused_after_handshake(e, &route, record))
+}
+
+/// Makes closing `stream` send a TCP reset instead of a FIN.
+fn abort(stream: &Stream) {
+    let tcp = match stream {
+        Either::Left(tcp) => tcp,
+        Either::Right(tls) => tls.get_ref().0,
+    };
+    let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
 }
 
 /// In TLS 1.3 the client's handshake completes before the server has judged the client
