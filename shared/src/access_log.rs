@@ -87,6 +87,9 @@ pub struct ConnectionRecord {
     reported: [AtomicU64; 2],
     /// How it ended; `None` when the connection's task was dropped unfinished.
     end: Option<Result<(), ConnError>>,
+    /// Counted, but no access-log line or span: a refusal whose logging is rate-limited
+    /// elsewhere (abuse limits), so a flood cannot flood the log.
+    pub quiet: bool,
 }
 
 impl ConnectionRecord {
@@ -109,6 +112,7 @@ impl ConnectionRecord {
             opened: false,
             reported: [AtomicU64::new(0), AtomicU64::new(0)],
             end: None,
+            quiet: false,
         }
     }
 
@@ -318,6 +322,9 @@ impl Drop for ConnectionRecord {
             Err(e) => (e.classify(), e.to_string()),
         };
         self.count(class, end.as_ref().err());
+        if self.quiet {
+            return;
+        }
         self.span(class, &reason, SystemTime::now());
         self.write_line(Report::Close, class.outcome.as_str(), class.level, &reason, self.moved.get());
     }

@@ -50,6 +50,8 @@ pub struct Context {
     /// Every open TLS connection's peer chain, re-verified when a reload changes the
     /// trust ([`crate::recheck`]).
     pub live: Arc<LiveConnections>,
+    /// Every listener's abuse limits and their state ([`crate::limits`]).
+    pub limits: crate::limits::Limiters,
 }
 
 /// One connection's link to [`Context::live`]: the peers it registered (removed when
@@ -96,6 +98,11 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, contex
             () = context.force_close.cancelled() => Err(ConnError::Drained(**context.drain_timeout.load())),
             reason = cut.cut() => Err(ConnError::TrustChanged(reason)),
         };
+        if let (Err(ConnError::Limited(refusal)), Some(limits)) = (&end, context.limits.get(&record.listener)) {
+            // Counted like every refusal, but logged by the limiter, once a second.
+            record.quiet = true;
+            limits.log_refusal(*refusal, record.downstream.ip());
+        }
         record.finish(end);
     }
     .instrument(span)
@@ -116,11 +123,17 @@ async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord,
     if tls_at_listener {
         watch.register(Peer::Client { sni: record.sni.clone() }, peer_chain(&downstream));
     }
+    let limits = context.limits.get(&record.listener);
+    let _identity_counted = match (&limits, &record.sides.identity) {
+        (Some(limits), Some(identity)) => limits.admit_identity(&identity.to_string()).map_err(ConnError::Limited)?,
+        _ => None,
+    };
     record.route = Some(route.name.clone());
     record.destination_service = Some(route.host.clone());
     record.protocol = route.protocol.as_str();
     tracing::Span::current().record("route", route.name.as_str());
-    let dial = Dialer { route: &route, resolver: &context.resolver };
+    let cancels = limits.as_deref().map(|limits| crate::limits::CancelGate { limits, source: record.downstream.ip() });
+    let dial = Dialer { route: &route, resolver: &context.resolver, cancels };
     let connecting = Instant::now();
     let upstream = if route.protocol == Protocol::Tcp {
         authorize(&route, record.sides.identity.as_ref())?;

@@ -78,6 +78,16 @@ pub enum Refusal {
     ListenerRemoved,
     /// The client's identity is not on the route's allow list.
     DeniedIdentity,
+    /// The source address opened connections faster than `limits` allow.
+    SourceRate,
+    /// The source address has `limits.concurrent_per_source` connections open.
+    SourceConcurrency,
+    /// The client identity opened connections faster than `limits` allow.
+    IdentityRate,
+    /// The client identity has `limits.concurrent_per_identity` connections open.
+    IdentityConcurrency,
+    /// The source address sent PostgreSQL CancelRequests faster than `limits` allow.
+    CancelRate,
     /// Anything else: I/O errors, alerts from the client, protocol violations, ...
     Other,
 }
@@ -99,6 +109,11 @@ impl Refusal {
             Refusal::ClientClosed => "client_closed",
             Refusal::ListenerRemoved => "listener_removed",
             Refusal::DeniedIdentity => "denied_identity",
+            Refusal::SourceRate => "source_rate_limited",
+            Refusal::SourceConcurrency => "source_concurrency_limited",
+            Refusal::IdentityRate => "identity_rate_limited",
+            Refusal::IdentityConcurrency => "identity_concurrency_limited",
+            Refusal::CancelRate => "cancel_rate_limited",
             Refusal::Other => "other",
         }
     }
@@ -325,6 +340,9 @@ pub enum ConnError {
     /// abandoned then, not run on to its timeout.
     #[error("the client closed while the upstream was being set up: set-up abandoned")]
     ClientGone,
+    /// Refused by the listener's abuse limits.
+    #[error("refused by the listener's limits: {}", .0.as_str())]
+    Limited(Refusal),
     /// Closed after a reload changed the trust: the peer's chain no longer verifies.
     #[error("{0}")]
     TrustChanged(String),
@@ -396,6 +414,7 @@ impl ConnError {
             }
             ConnError::Idle(_) => Class { outcome: Outcome::RelayFailed, refusal: None, level: Level::INFO },
             ConnError::Drained(_) | ConnError::Abandoned => Class { outcome: Outcome::Drained, refusal: None, level: Level::WARN },
+            ConnError::Limited(refusal) => refused(*refusal),
             ConnError::TrustChanged(_) => Class { outcome: Outcome::Revoked, refusal: None, level: Level::WARN },
         }
     }

@@ -19,6 +19,7 @@ pub mod error;
 pub mod fdlimit;
 pub mod gateway;
 pub mod identity;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod otel;

@@ -9,7 +9,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Role;
 use crate::connection::{handle, Context};
+use crate::error::{Outcome, Refusal};
+use crate::limits::ListenerLimits;
+use crate::metrics::{ClosedLabels, RefusalLabels};
 
 /// How often, at most, a listener logs that it is shedding connections.
 const SHED_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -28,6 +32,8 @@ pub struct AcceptLoop {
     pub stop: CancellationToken,
     /// Where connection tasks go, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Per-source (and per-identity) abuse limits, updated in place on reload.
+    pub limits: Arc<ListenerLimits>,
 }
 
 impl AcceptLoop {
@@ -61,12 +67,37 @@ impl AcceptLoop {
                 }
                 continue;
             };
+            let counted = match self.limits.admit_source(peer.ip()) {
+                Ok(counted) => counted,
+                Err(refusal) => {
+                    drop(tcp);
+                    self.count_refusal(refusal);
+                    self.limits.log_refusal(refusal, peer.ip());
+                    continue;
+                }
+            };
             let (name, context) = (self.name.clone(), self.context.clone());
             self.tracker.spawn(async move {
                 handle(tcp, peer, name, context).await;
-                drop(permit);
+                drop((permit, counted));
             });
         }
+    }
+}
+
+impl AcceptLoop {
+    /// Counts a connection refused at accept by the per-source limits as every refusal
+    /// is counted (closed with outcome `refused`, and the reason); no record is made, so
+    /// a flood costs no log line per connection.
+    fn count_refusal(&self, refusal: Refusal) {
+        let metrics = &self.context.recorder.metrics;
+        let listener = self.name.to_string();
+        metrics.handshake_failures.add(&RefusalLabels { listener: listener.clone(), reason: refusal.as_str() }, 1);
+        let direction = match self.context.role {
+            Role::Egress => "outbound",
+            Role::Ingress => "inbound",
+        };
+        metrics.closed.add(&ClosedLabels { listener, route: String::new(), direction, mtls: "false", outcome: Outcome::Refused.as_str() }, 1);
     }
 }
 

@@ -148,6 +148,8 @@ pub struct ListenerPlan {
     pub flush_interval: Option<Duration>,
     /// Whether a trust change re-verifies the peers of this listener's open connections.
     pub recheck_on_trust_change: bool,
+    /// Abuse limits.
+    pub limits: crate::config::Limits,
 }
 
 /// The whole routing state of a process: what a reload replaces.
@@ -302,6 +304,7 @@ fn build_listener(b: &mut Builder<'_>, i: usize, l: &Spanned<ListenerConfig>, ro
         keepalive: listener.tcp_keepalive,
         flush_interval: listener.access_log_flush_interval,
         recheck_on_trust_change: listener.recheck_on_trust_change,
+        limits: listener.limits.clone(),
     })
 }
 

@@ -35,6 +35,9 @@ pub struct Dialer<'a> {
     pub route: &'a Route,
     /// Name resolution.
     pub resolver: &'a Resolver,
+    /// The listener's CancelRequest limit for this client's address (PostgreSQL), if
+    /// the listener has limits.
+    pub cancels: Option<crate::limits::CancelGate<'a>>,
 }
 
 impl Dialer<'_> {

@@ -11,7 +11,8 @@ use serde::de::{self, DeserializeOwned, Visitor};
 use toml::de::{DeTable, DeValue};
 
 use super::schema::{
-    AdminSettings, HealthSettings, MetricsSettings, ProcessSettings, RawListener, RawRoute, RawTls, ResolverSettings, TcpKeepalive, TelemetrySettings,
+    AdminSettings, HealthSettings, MetricsSettings, ProcessSettings, RawLimits, RawListener, RawRoute, RawTls, ResolverSettings, TcpKeepalive,
+    TelemetrySettings,
 };
 
 /// Top-level keys: the sections of the file.
@@ -25,6 +26,7 @@ enum Table {
     Route,
     Tls,
     Keepalive,
+    Limits,
     Resolver,
     Process,
     Admin,
@@ -42,6 +44,7 @@ impl Table {
             Table::Route => fields_of::<RawRoute>(),
             Table::Tls => fields_of::<RawTls>(),
             Table::Keepalive => fields_of::<TcpKeepalive>(),
+            Table::Limits => fields_of::<RawLimits>(),
             Table::Resolver => fields_of::<ResolverSettings>(),
             Table::Process => fields_of::<ProcessSettings>(),
             Table::Admin => fields_of::<AdminSettings>(),
@@ -64,6 +67,7 @@ impl Table {
             (Table::Root, "telemetry") => Table::Telemetry,
             (Table::Listener, "tls") | (Table::Route, "upstream_tls" | "downstream_tls") => Table::Tls,
             (Table::Listener | Table::Route, "tcp_keepalive") => Table::Keepalive,
+            (Table::Listener, "limits") => Table::Limits,
             _ => return None,
         })
     }

@@ -29,7 +29,7 @@ use serde::Serialize;
 use serde_spanned::Spanned;
 use toml::de::{DeTable, DeValue};
 
-pub use model::{CertKey, DownstreamTls, ListenerConfig, ListenerKind, ListenerTls, RouteConfig, TlsPolicy, UpstreamTls};
+pub use model::{CertKey, DownstreamTls, Limits, ListenerConfig, ListenerKind, ListenerTls, Rate, RouteConfig, TlsPolicy, UpstreamTls};
 pub use schema::{
     AdminSettings, HealthSettings, MetricsSettings, PeerAuth, ProcessSettings, Protocol, ResolverSettings, SslMode, TcpKeepalive, TelemetrySettings, TlsMode,
     TlsVersion,

@@ -51,6 +51,33 @@ pub struct ListenerConfig {
     /// Whether a reload that changes this listener's trust (CA bundle, trust domains,
     /// CRL) verifies its open connections' client chains again, closing those that fail.
     pub recheck_on_trust_change: bool,
+    /// Abuse limits (defaults applied).
+    pub limits: Limits,
+}
+
+/// A token bucket's settings: `per_second` tokens refill, up to `burst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Rate {
+    /// Sustained rate.
+    pub per_second: u32,
+    /// Most taken at once after a quiet spell.
+    pub burst: u32,
+}
+
+/// A listener's abuse limits, checked: `None` is unlimited.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// New connections per source address.
+    pub per_source: Option<Rate>,
+    /// Connections open at once per source address.
+    pub concurrent_per_source: Option<u32>,
+    /// New connections per client identity (after the TLS handshake).
+    pub per_identity: Option<Rate>,
+    /// Connections open at once per client identity.
+    pub concurrent_per_identity: Option<u32>,
+    /// PostgreSQL CancelRequests per source address (always limited: each one is a
+    /// guess at a cancel key).
+    pub cancels_per_source: Rate,
 }
 
 /// What a listener does with a connection.

@@ -53,6 +53,28 @@ pub struct RawListener {
     /// CRL, verify every open connection's client chain again and close those that no
     /// longer verify (default true).
     pub recheck_on_trust_change: Option<bool>,
+    /// Abuse limits: connection rates and concurrent connections per source address
+    /// and per client identity, and PostgreSQL CancelRequests per source.
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// A listener's `limits` as written; every rate is per second, and absent means
+/// unlimited except CancelRequests.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLimits {
+    /// New connections per second from one source address.
+    pub connections_per_second_per_source: Option<u32>,
+    /// Connections one source (or identity) may open at once above its rate.
+    pub burst: Option<u32>,
+    /// Connections open at once from one source address.
+    pub concurrent_per_source: Option<u32>,
+    /// New connections per second presenting one client identity (TLS listeners).
+    pub connections_per_second_per_identity: Option<u32>,
+    /// Connections open at once presenting one client identity (TLS listeners).
+    pub concurrent_per_identity: Option<u32>,
+    /// PostgreSQL CancelRequests per second from one source address (default 10).
+    pub cancel_requests_per_second_per_source: Option<u32>,
 }
 
 /// One `[[route]]` as written.

@@ -440,3 +440,28 @@ downstream_tls = { cert = "/c/tls.crt", key = "/c/tls.key", trust_domains = { "a
         assert!(found.contains(needle), "{needle:?} not in:\n{found}");
     }
 }
+
+#[test]
+fn limits_are_checked_and_defaulted() {
+    let with_limits =
+        EGRESS.replace("route = \"mysql\"\n", "route = \"mysql\"\nlimits = { connections_per_second_per_source = 50, concurrent_per_source = 200 }\n");
+    let c = parse(Role::Egress, &with_limits).unwrap();
+    let limits = &c.listeners[1].get_ref().limits;
+    assert_eq!(limits.per_source, Some(model::Rate { per_second: 50, burst: 100 }), "burst defaults to twice the rate");
+    assert_eq!(limits.concurrent_per_source, Some(200));
+    assert_eq!(limits.cancels_per_source, model::Rate { per_second: 10, burst: 20 }, "CancelRequests are limited by default");
+    assert_eq!(c.listeners[0].get_ref().limits.per_source, None, "no connection limit by default");
+
+    let bad = EGRESS.replace("route = \"mysql\"\n", "route = \"mysql\"\nlimits = { burst = 5, concurrent_per_source = 0, concurrent_per_identity = 3 }\n");
+    let found = findings(Role::Egress, &bad).join("\n");
+    for needle in [
+        "listener[1] (mysql).limits.concurrent_per_source: must be at least 1",
+        "listener[1] (mysql).limits.burst: a burst belongs to a rate",
+        "listener[1] (mysql).limits: identity limits need client certificates",
+    ] {
+        assert!(found.contains(needle), "{needle:?} not in:\n{found}");
+    }
+    let unknown = EGRESS.replace("route = \"mysql\"\n", "route = \"mysql\"\nlimits = { per_source = 1 }\n");
+    let found = findings(Role::Egress, &unknown).join("\n");
+    assert!(found.contains("limits.per_source: unknown field") && found.contains("connections_per_second_per_source"), "{found}");
+}

@@ -16,7 +16,7 @@ use rustls_pki_types::ServerName;
 use serde_spanned::Spanned;
 
 use super::fields::did_you_mean;
-use super::model::{CertKey, DownstreamTls, ListenerConfig, ListenerKind, ListenerTls, RouteConfig, TlsPolicy, UpstreamTls};
+use super::model::{CertKey, DownstreamTls, Limits, ListenerConfig, ListenerKind, ListenerTls, Rate, RouteConfig, TlsPolicy, UpstreamTls};
 use super::schema::{CredentialPaths, PeerAuth, Protocol, RawListener, RawRoute, RawTls, SslMode, TcpKeepalive, TlsMode};
 use super::values::{listen_address, san_pattern, CipherSuite, HostPort};
 use super::{Report, Role};
@@ -145,6 +145,7 @@ impl Validator<'_> {
             }
         };
         let permissive_detection_window = self.detection_window(raw, &mut at);
+        let limits = limits(raw, &mut at);
         let kind = match &raw.tls {
             None => self.plain(raw, &mut at),
             Some(tls) => self.terminating(raw, tls, &mut at),
@@ -163,6 +164,7 @@ impl Validator<'_> {
             access_log_flush_interval: raw.access_log_flush_interval,
             permissive_detection_window,
             recheck_on_trust_change: raw.recheck_on_trust_change.unwrap_or(true),
+            limits: limits?,
         })
     }
 
@@ -551,6 +553,48 @@ fn unique_names<'r>(report: &mut Report<'_>, kind: &str, names: impl Iterator<It
 
 /// A `bundle` holds the key and the chain: a `cert` or `key` beside it would be a
 /// second, possibly different, credential.
+/// Default PostgreSQL CancelRequests per second per source address: far above what
+/// real clients send (one per cancelled query), far below a key-guessing loop.
+const DEFAULT_CANCELS_PER_SECOND: u32 = 10;
+
+/// A listener's `limits`, checked, defaults applied.
+fn limits(raw: &RawListener, at: &mut At<'_, '_>) -> Option<Limits> {
+    let l = &raw.limits;
+    let mut clean = true;
+    for (field, value) in [
+        ("connections_per_second_per_source", l.connections_per_second_per_source),
+        ("burst", l.burst),
+        ("concurrent_per_source", l.concurrent_per_source),
+        ("connections_per_second_per_identity", l.connections_per_second_per_identity),
+        ("concurrent_per_identity", l.concurrent_per_identity),
+        ("cancel_requests_per_second_per_source", l.cancel_requests_per_second_per_source),
+    ] {
+        if value == Some(0) {
+            at.add(&format!("limits.{field}"), "must be at least 1 (remove it for no limit)");
+            clean = false;
+        }
+    }
+    let rates = [l.connections_per_second_per_source, l.connections_per_second_per_identity];
+    if l.burst.is_some() && rates.iter().all(Option::is_none) {
+        at.add("limits.burst", "a burst belongs to a rate: set connections_per_second_per_source or connections_per_second_per_identity");
+        clean = false;
+    }
+    if raw.tls.is_none() && (l.connections_per_second_per_identity.is_some() || l.concurrent_per_identity.is_some()) {
+        at.add("limits", "identity limits need client certificates: a plain listener has no identity to count (use the per_source limits)");
+        clean = false;
+    }
+    // Without `burst`, twice the rate: a client reconnecting a pool at once is not a flood.
+    let rate = |per_second: Option<u32>| per_second.map(|per_second| Rate { per_second, burst: l.burst.unwrap_or(per_second.saturating_mul(2)).max(1) });
+    let cancels = l.cancel_requests_per_second_per_source.unwrap_or(DEFAULT_CANCELS_PER_SECOND);
+    clean.then(|| Limits {
+        per_source: rate(l.connections_per_second_per_source),
+        concurrent_per_source: l.concurrent_per_source,
+        per_identity: rate(l.connections_per_second_per_identity),
+        concurrent_per_identity: l.concurrent_per_identity,
+        cancels_per_source: Rate { per_second: cancels, burst: cancels.saturating_mul(2) },
+    })
+}
+
 /// `trust_domains` with every name checked as a SPIFFE trust domain; empty when absent.
 fn trust_domains(tls: &RawTls, field: &str, at: &mut At<'_, '_>) -> Option<BTreeMap<String, PathBuf>> {
     let Some(domains) = &tls.trust_domains else { return Some(BTreeMap::new()) };

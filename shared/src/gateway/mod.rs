@@ -286,6 +286,7 @@ impl Gateway {
                 force_close: CancellationToken::new(),
                 drain_timeout: ArcSwap::from_pointee(config.process.drain_timeout),
                 live: Arc::default(),
+                limits: crate::limits::Limiters::default(),
             }),
             listeners: BTreeMap::new(),
             bound_addresses: Arc::default(),

@@ -69,7 +69,9 @@ impl Gateway {
             if let Some(bound) = self.listeners.get(&plan.name) {
                 bound.limit.set(plan.max_connections);
             }
+            self.context.limits.configure(&plan.name, &plan.limits);
         }
+        self.context.limits.retain(&table.listeners.iter().map(|p| p.name.as_str()).collect::<Vec<_>>());
         let wanted: Vec<(String, SocketAddr)> = table.listeners.iter().map(|p| (p.name.clone(), p.address)).collect();
         let table = Arc::new(table);
         self.context.table.store(table.clone());
@@ -139,6 +141,7 @@ impl Gateway {
             limit: limit.clone(),
             stop: stop.clone(),
             tracker: self.tracker.clone(),
+            limits: self.context.limits.configure(&plan.name, &plan.limits),
         };
         tokio::spawn(accept.run());
         Bound { configured: plan.address, stop, limit }
