@@ -79,7 +79,7 @@ pub struct ConnectionRecord {
     /// Identity and TLS of each side.
     pub sides: Sides,
     /// Bytes each way, counted by the relay as they move.
-    pub moved: Moved,
+    pub moved: Arc<Moved>,
     /// Whether `opened` was counted (the relay started).
     opened: bool,
     /// Bytes (from downstream, from upstream) already reported by periodic records and
@@ -108,7 +108,7 @@ impl ConnectionRecord {
             protocol: "tcp",
             sni: None,
             sides: Sides::default(),
-            moved: Moved::default(),
+            moved: Arc::default(),
             opened: false,
             reported: [AtomicU64::new(0), AtomicU64::new(0)],
             end: None,

@@ -52,6 +52,9 @@ pub struct Context {
     pub live: Arc<LiveConnections>,
     /// Every listener's abuse limits and their state ([`crate::limits`]).
     pub limits: crate::limits::Limiters,
+    /// Every relaying connection with its idleness, for shedding under overload
+    /// ([`crate::overload`]).
+    pub overload: Arc<crate::overload::Overload>,
 }
 
 /// One connection's link to [`Context::live`]: the peers it registered (removed when
@@ -96,7 +99,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, contex
             biased;
             end = serve(tcp, &context, &mut record, &mut watch) => end,
             () = context.force_close.cancelled() => Err(ConnError::Drained(**context.drain_timeout.load())),
-            reason = cut.cut() => Err(ConnError::TrustChanged(reason)),
+            reason = cut.cut() => Err(reason.into_error()),
         };
         if let (Err(ConnError::Limited(refusal)), Some(limits)) = (&end, context.limits.get(&record.listener)) {
             // Counted like every refusal, but logged by the limiter, once a second.
@@ -165,6 +168,7 @@ async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord,
     if !tls_at_listener {
         watch.register(Peer::ProtocolClient { route: route.name.clone() }, peer_chain(&downstream));
     }
+    let _relaying = context.overload.register(record.listener.clone(), record.moved.clone(), route.idle_timeout, watch.cut.clone());
     let record: &ConnectionRecord = record;
     // Boxed, like the set-up stages: the task itself then stays small.
     let mut relaying = Box::pin(relay(&mut downstream, &mut upstream, route.idle_timeout, &record.moved));
@@ -187,11 +191,11 @@ async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord,
     let ended = tokio::select! {
         ended = relayed => ended,
         reason = cut.cut() => {
-            // A peer no longer trusted is cut with a reset, both ways: a FIN would be
-            // relayed as a half-close and leave the far side's connection open.
+            // Cut with a reset, both ways: a FIN would be relayed as a half-close and
+            // leave the far side's connection open.
             abort(&downstream);
             abort(&upstream);
-            return Err(ConnError::TrustChanged(reason));
+            return Err(reason.into_error());
         }
     };
     ended.map_err(|e| refused_after_handshake(e, &route, record))

@@ -28,6 +28,8 @@ pub enum Outcome {
     RelayFailed,
     /// Still open when the drain ended, and cut.
     Drained,
+    /// Closed idle to make room at the open-file budget or `max_connections`.
+    Shed,
     /// Closed because its peer's certificate no longer verified after a reload changed
     /// the trust (a CRL, a CA bundle, a trust domain).
     Revoked,
@@ -44,6 +46,7 @@ impl Outcome {
             Outcome::RelayFailed => "relay_failed",
             Outcome::Drained => "drained",
             Outcome::Revoked => "revoked",
+            Outcome::Shed => "shed",
         }
     }
 }
@@ -340,6 +343,14 @@ pub enum ConnError {
     /// abandoned then, not run on to its timeout.
     #[error("the client closed while the upstream was being set up: set-up abandoned")]
     ClientGone,
+    /// Relaying, idle, and closed to make room under overload.
+    #[error("shed under overload ({why}): idle for {idle:?}")]
+    Shed {
+        /// How long it had been idle.
+        idle: Duration,
+        /// What pressure shed it.
+        why: &'static str,
+    },
     /// Refused by the listener's abuse limits.
     #[error("refused by the listener's limits: {}", .0.as_str())]
     Limited(Refusal),
@@ -415,6 +426,7 @@ impl ConnError {
             ConnError::Idle(_) => Class { outcome: Outcome::RelayFailed, refusal: None, level: Level::INFO },
             ConnError::Drained(_) | ConnError::Abandoned => Class { outcome: Outcome::Drained, refusal: None, level: Level::WARN },
             ConnError::Limited(refusal) => refused(*refusal),
+            ConnError::Shed { .. } => Class { outcome: Outcome::Shed, refusal: None, level: Level::INFO },
             ConnError::TrustChanged(_) => Class { outcome: Outcome::Revoked, refusal: None, level: Level::WARN },
         }
     }

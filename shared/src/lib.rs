@@ -23,6 +23,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod otel;
+pub mod overload;
 pub mod protocol;
 pub mod recheck;
 pub mod relay;

@@ -358,6 +358,9 @@ pub struct Metrics {
     pub handshake_failures: CounterVec<RefusalLabels>,
     /// Connections closed at accept because the listener was at its limit.
     pub shed: CounterVec<ListenerLabels>,
+    /// Relaying connections closed idle under overload, idlest first
+    /// ([`crate::overload`]).
+    pub shed_idle: CounterVec<ListenerLabels>,
     /// Time to connect upstream (TCP plus origination TLS; for database routes, the
     /// whole negotiation).
     pub upstream_connect_seconds: HistogramVec<RouteLabels>,
@@ -406,6 +409,8 @@ impl Metrics {
             active: d.gauge("active_connections", "Connections open now"),
             handshake_failures: d.counter("handshake_failures", "Connections refused before they were relayed, by reason"),
             shed: d.counter("connections_shed", "Connections closed at accept: the listener was at max_connections"),
+            shed_idle: d
+                .counter("connections_shed_idle", "Relaying connections closed idle, idlest first, under overload (max_connections or the open-file limit)"),
             upstream_connect_seconds: d.histogram("upstream_connect_seconds", "Time to connect upstream, TCP plus origination handshake", connect_histogram),
             upstream_failures: d.counter("upstream_connect_failures", "Upstream connects that failed on every address"),
             dns_failures: d.counter("dns_resolution_failures", "Upstream names that gave no address"),

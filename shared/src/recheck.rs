@@ -42,23 +42,49 @@ pub enum Peer {
     },
 }
 
-/// Closes one connection from outside, with a reason.
+/// Why a connection was closed from outside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CutReason {
+    /// Its peer's chain no longer verifies after a trust change.
+    Trust(String),
+    /// Shed idle under overload ([`crate::overload`]): idle this long, and why.
+    Overload {
+        /// How long it had been idle.
+        idle: std::time::Duration,
+        /// What pressure shed it.
+        why: &'static str,
+    },
+}
+
+impl CutReason {
+    /// The error the connection's record ends with.
+    pub fn into_error(self) -> crate::error::ConnError {
+        match self {
+            CutReason::Trust(reason) => crate::error::ConnError::TrustChanged(reason),
+            CutReason::Overload { idle, why } => crate::error::ConnError::Shed { idle, why },
+        }
+    }
+}
+
+/// Closes one connection from outside, with a reason; the first reason wins.
 #[derive(Debug, Default)]
 pub struct Cut {
     token: CancellationToken,
-    reason: OnceLock<String>,
+    reason: OnceLock<CutReason>,
 }
 
 impl Cut {
     /// Resolves, with the reason, once the connection is to be closed.
-    pub async fn cut(&self) -> String {
+    pub async fn cut(&self) -> CutReason {
         self.token.cancelled().await;
-        self.reason.get().cloned().unwrap_or_default()
+        self.reason.get().cloned().unwrap_or(CutReason::Trust(String::new()))
     }
 
-    fn close(&self, reason: String) {
-        let _ = self.reason.set(reason);
+    /// Asks the connection to close; `false` if it was already asked.
+    pub fn close(&self, reason: CutReason) -> bool {
+        let first = self.reason.set(reason).is_ok();
         self.token.cancel();
+        first
     }
 }
 
@@ -159,7 +185,7 @@ impl LiveConnections {
             };
             if let Err(e) = verdict {
                 let reason = reason(side, &e);
-                conn.cut.close(reason.clone());
+                conn.cut.close(CutReason::Trust(reason.clone()));
                 closed.push(Closed { listener: conn.listener.clone(), reason });
             }
         }

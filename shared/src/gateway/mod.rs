@@ -287,6 +287,7 @@ impl Gateway {
                 drain_timeout: ArcSwap::from_pointee(config.process.drain_timeout),
                 live: Arc::default(),
                 limits: crate::limits::Limiters::default(),
+                overload: Arc::default(),
             }),
             listeners: BTreeMap::new(),
             bound_addresses: Arc::default(),
