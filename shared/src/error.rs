@@ -133,7 +133,10 @@ impl Refusal {
         match tls {
             E::NoCertificatesPresented => Refusal::NoClientCert,
             E::InvalidCertificate(C::UnknownIssuer) => Refusal::UnknownCa,
-            E::InvalidCertificate(C::Other(other)) => other.0.downcast_ref::<crate::trust::TrustRefusal>().map_or(Refusal::BadCertificate, |t| t.refusal()),
+            E::InvalidCertificate(C::Other(other)) => match other.0.downcast_ref::<crate::trust::TrustRefusal>() {
+                Some(trust) if trust.is_unknown_ca() => Refusal::UnknownCa,
+                _ => Refusal::BadCertificate,
+            },
             E::InvalidCertificate(_) => Refusal::BadCertificate,
             // TLS 1.0/1.1 ClientHellos lack signature_algorithms (added in 1.2): that is
             // how an old version shows up before any version negotiation.

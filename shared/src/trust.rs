@@ -17,7 +17,6 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::error::Refusal;
 use crate::identity::Identity;
 
 /// Why a peer's certificate was refused by trust-domain federation, in an operator's
@@ -51,12 +50,10 @@ pub enum TrustRefusal {
 }
 
 impl TrustRefusal {
-    /// The refusal label a handshake refused this way is counted under.
-    pub fn refusal(&self) -> Refusal {
-        match self {
-            TrustRefusal::WrongIssuer { .. } | TrustRefusal::UnknownDomain { .. } => Refusal::UnknownCa,
-            _ => Refusal::BadCertificate,
-        }
+    /// Whether the refusal is about who signed (counted as `unknown_ca`) rather than
+    /// the certificate itself (`bad_certificate`).
+    pub fn is_unknown_ca(&self) -> bool {
+        matches!(self, TrustRefusal::WrongIssuer { .. } | TrustRefusal::UnknownDomain { .. })
     }
 
     fn into_rustls(self) -> rustls::Error {
@@ -276,6 +273,3 @@ impl ServerCertVerifier for FederatedServerVerifier {
         self.domains.any().supported_verify_schemes()
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -3,14 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use rustls::client::danger::ServerCertVerifier;
 use rustls::server::danger::ClientCertVerifier;
+use rustls::CertificateError;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use super::*;
-use crate::certs::{Authority, KeyType, Leaf, Usage};
-use crate::tls::{self, ClientTrust};
+use strait::certs::{Authority, KeyType, Leaf, Usage};
+use strait::error::Refusal;
+use strait::tls::{self, ClientTrust};
+use strait::trust::{check_trust_domain_name, parse_spiffe_id, FederatedServerVerifier};
 
 /// Two roots, A and B, their bundles on disk, and a root for non-SPIFFE certificates.
 struct Roots {
