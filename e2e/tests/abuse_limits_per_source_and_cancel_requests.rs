@@ -3,7 +3,9 @@
 //! counted (`outcome=refused` with the reason label) and logged at most once a second,
 //! while another source (127.0.0.3) is served throughout. A burst of PostgreSQL
 //! CancelRequests from one address is limited the same way, and psql's own cancel from
-//! another address still stops a running query.
+//! another address still stops a running query. At a mutual-TLS ingress listener, a
+//! third concurrent connection of one client identity is refused after the handshake
+//! while another identity is served.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -155,4 +157,58 @@ fn a_burst_of_cancel_requests_is_limited_per_source() {
     }
     let stderr = String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).into_owned();
     assert!(stderr.contains("canceling statement due to user request"), "{stderr}");
+}
+
+#[test]
+fn connections_per_identity_are_limited_after_the_handshake() {
+    use strait::certs::Usage;
+    use strait_e2e::config::{inline, quoted, quoted_path};
+    use strait_e2e::hostile::{leaf, presenting, refused, served, TestCa};
+
+    let pki = Pki::reference();
+    let echo = EchoServer::start();
+    let ca = TestCa::new(&pki, "clients");
+    let server = ca.server("server", SERVICE_HOST);
+    let tls = inline(&[
+        ("mode", quoted("mutual")),
+        ("cert", quoted_path(&server.join("tls.crt"))),
+        ("key", quoted_path(&server.join("tls.key"))),
+        ("ca", quoted_path(&ca.ca_file)),
+    ]);
+    let config = Config::new()
+        .listener(Listener::with_tls("mtls", tls).set("limits", "{ concurrent_per_identity = 2 }"))
+        .route(Route::to("echo", echo.port).hosts(&[SERVICE_HOST]));
+    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config.toml());
+    let port = ingress.port("mtls");
+    let client =
+        |name: &str| presenting(&ca.issue(name, &leaf(name, Usage::Client, &[], &[&format!("spiffe://cluster.local/ns/default/sa/{name}")])), &ca.ca_file);
+    let (busy, other) = (client("busy"), client("other"));
+
+    let mut held: Vec<_> = (0..2).map(|_| tls_connect(port, SERVICE_HOST, busy.clone()).unwrap()).collect();
+    for stream in &mut held {
+        stream.write_all(b"hold\n").unwrap();
+        let mut echoed = [0u8; 5];
+        stream.read_exact(&mut echoed).unwrap();
+    }
+    let how = refused(port, SERVICE_HOST, busy.clone());
+    println!("third connection of one identity: {how}");
+    served(port, SERVICE_HOST, other, "a third connection of another identity");
+    assert_eq!(refusals(&ingress, "mtls", "identity_concurrency_limited"), 1.0);
+    assert!(no_access_line_with(&ingress, "identity_concurrency_limited"), "no access-log line per refusal");
+    assert_eq!(ingress.log_lines("abuse limit reached").len(), 1);
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut stream = tls_connect(port, SERVICE_HOST, busy.clone()).unwrap();
+        let _ = stream.write_all(b"again\n");
+        let mut echoed = [0u8; 6];
+        if stream.read_exact(&mut echoed).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a closed connection never freed its identity's place");
+    }
+}
+
+fn no_access_line_with(gateway: &Gateway, needle: &str) -> bool {
+    gateway.access_log().iter().all(|l| !l.contains(needle))
 }
