@@ -4,7 +4,9 @@
 //! a legitimate plain client and a legitimate mTLS client are still each served within
 //! 10 s, because a new connection at a full listener takes the place of the one idle
 //! longest. The shedding is counted, and within 5 s of the flood closing both
-//! processes' open descriptors (`/proc/PID/fd`) are back at their baseline.
+//! processes' open descriptors (`/proc/PID/fd`) are back at their baseline. And with
+//! `max_connections` above the budget, a flood that runs the process out of
+//! descriptors has its idlest connections shed at EMFILE, so a client is still served.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -107,7 +109,8 @@ fn a_held_flood_of_idle_connections_does_not_lock_out_legitimate_clients() {
     println!("under the flood: plain client served in {plain_took:?}, mTLS client in {mtls_took:?}");
     assert!(plain_took < Duration::from_secs(10) && mtls_took < Duration::from_secs(10));
     let shed_idle = metric(&egress, "strait_connections_shed_idle_total", &[("listener", "mysql-plain")]);
-    let shed_at_accept = metric(&egress, "strait_connections_shed_total", &[("listener", "mysql-plain")]);
+    // (+ 0.0: a sum of no samples is -0.0)
+    let shed_at_accept = metric(&egress, "strait_connections_shed_total", &[("listener", "mysql-plain")]) + 0.0;
     println!("shed: {shed_idle} idle connections made room, {shed_at_accept} closed at accept");
     assert!(shed_idle >= 1.0, "the legitimate client took an idle connection's place");
     assert!(shed_idle + shed_at_accept >= (FLOOD - 960) as f64, "every flood connection beyond the cap was shed one way or the other");
@@ -122,4 +125,45 @@ fn a_held_flood_of_idle_connections_does_not_lock_out_legitimate_clients() {
     println!("after the flood closed ({:?}): egress {egress_after:?}, ingress {ingress_after:?} open descriptors", closed.elapsed());
     assert!(egress_after.is_ok() && ingress_after.is_ok(), "not back at the baseline {baseline:?} 5 s after the flood closed");
     plain_served(plain).unwrap();
+}
+
+/// With `max_connections` set above what the open-file limit allows, the flood runs the
+/// process out of descriptors instead: an accept that fails with EMFILE sheds the
+/// process's idlest connections and retries, so a legitimate client is still served.
+#[test]
+fn out_of_descriptors_the_idlest_connections_make_room() {
+    const SMALL_FLOOD: usize = 1500;
+    strait::fdlimit::raise_to_hard().unwrap();
+    let pki = Pki::reference();
+    let echo = EchoServer::start();
+    let config = Config::new().listener(Listener::plain("plain", "echo").set("max_connections", 5000)).route(Route::to("echo", echo.port).plaintext());
+    let egress = Gateway::start_under(&["prlimit", "--nofile=1024:1024"], Role::Egress, pki.dir.path(), &config.toml());
+    let port = egress.port("plain");
+    plain_served(port).unwrap();
+    let pid = egress.pid();
+    std::thread::sleep(Duration::from_millis(200));
+    let baseline = open_fds(pid);
+
+    let started = Instant::now();
+    let mut flood = Vec::with_capacity(SMALL_FLOOD);
+    while flood.len() < SMALL_FLOOD {
+        assert!(started.elapsed() < Duration::from_secs(120), "opening the flood took over 120 s ({} open)", flood.len());
+        match TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(5)) {
+            Ok(stream) => flood.push(stream),
+            Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => continue,
+            Err(e) => panic!("flood connect {}: {e}", flood.len()),
+        }
+    }
+    println!("flood of {SMALL_FLOOD} opened in {:?}; egress holds {} descriptors of 1024", started.elapsed(), open_fds(pid));
+    let took = plain_served(port).unwrap_or_else(|e| panic!("plain client refused out of descriptors: {e}\n{}", egress.proc.output()));
+    println!("out of descriptors: plain client served in {took:?}");
+    assert!(took < Duration::from_secs(10));
+    assert!(!egress.log_lines("out of file descriptors; idlest connections shed").is_empty(), "the flood never ran the process out of descriptors");
+    egress.wait_for_access_line(&["outcome=shed", "out of file descriptors"]);
+    assert!(metric(&egress, "strait_connections_shed_idle_total", &[("listener", "plain")]) >= 1.0);
+
+    drop(flood);
+    let after = settles(pid, baseline, Duration::from_secs(5));
+    println!("5 s after the flood closed: {after:?} descriptors (baseline {baseline})");
+    assert!(after.is_ok(), "not back at the baseline {baseline}");
 }

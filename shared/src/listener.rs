@@ -50,6 +50,7 @@ impl AcceptLoop {
     pub async fn run(self) {
         let mut shed = 0u64;
         let mut last_shed_log: Option<Instant> = None;
+        let (mut emfile_freed, mut last_emfile_log): (usize, Option<Instant>) = (0, None);
         let mut sweeps = tokio::time::interval(SWEEP_INTERVAL);
         sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -67,7 +68,11 @@ impl AcceptLoop {
                     // Out of descriptors: make room by closing the process's idlest
                     // connections, then retry at once; back off only if none is idle.
                     let freed = self.count_shed(self.context.overload.shed_idlest(None, crate::overload::EMFILE_BATCH, "out of file descriptors"));
-                    tracing::warn!(listener = %self.name, error = %e, freed, "accept failed: out of file descriptors; idlest connections shed");
+                    emfile_freed += freed;
+                    if last_emfile_log.is_none_or(|t| t.elapsed() >= SHED_LOG_INTERVAL) {
+                        tracing::warn!(listener = %self.name, error = %e, freed = emfile_freed, "accept failed: out of file descriptors; idlest connections shed");
+                        (emfile_freed, last_emfile_log) = (0, Some(Instant::now()));
+                    }
                     tokio::time::sleep(if freed > 0 { Duration::from_millis(10) } else { Duration::from_millis(100) }).await;
                     continue;
                 }
