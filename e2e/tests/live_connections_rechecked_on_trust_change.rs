@@ -7,81 +7,15 @@
 //! certificate it signed the same way. A listener with `recheck_on_trust_change =
 //! false` keeps its revoked session (and says so at start).
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use strait::certs::{Authority, Issued, KeyType, Leaf, Usage};
 use strait_e2e::config::{inline, quoted, quoted_path};
+use strait_e2e::databases::MariaDbSession;
 use strait_e2e::hostile::{metric, tls_refused};
 use strait_e2e::kube_secret::{LogTail, RELOADED};
 use strait_e2e::*;
-
-/// An interactive `mariadb` client through a plain egress port: statements go to its
-/// stdin, its output is collected as it comes. Killed on drop.
-struct Session {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    output: Arc<Mutex<String>>,
-}
-
-impl Session {
-    fn open(port: u16) -> Session {
-        require("mariadb");
-        let mut child = Command::new("mariadb")
-            .args(["-h", "127.0.0.1", "-P", &port.to_string(), "-uapp", "-papp", "--skip-ssl", "--skip-reconnect", "--connect-timeout=10", "-N", "-B", "-n"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = Arc::new(Mutex::new(String::new()));
-        for pipe in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    output.lock().unwrap().push_str(&(line + "\n"));
-                }
-            });
-        }
-        Session { stdin: child.stdin.take(), child, output }
-    }
-
-    /// Runs `SELECT '<tag>'` and waits (10 s at most) for the answer.
-    fn select(&mut self, tag: &str) -> Result<(), String> {
-        let sent = self.stdin.as_mut().map(|s| writeln!(s, "SELECT '{tag}';").and_then(|()| s.flush()));
-        if !matches!(sent, Some(Ok(()))) {
-            return Err(format!("the client is gone: {}", self.output()));
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = self.output();
-            if out.lines().any(|l| l == tag) {
-                return Ok(());
-            }
-            if out.contains("ERROR") || self.child.try_wait().unwrap().is_some() {
-                return Err(out);
-            }
-            if Instant::now() > deadline {
-                return Err(format!("no answer within 10 s: {out}"));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The trust of the cross-cluster hop: the ingress's CA bundle and CRL file, from two
 /// roots whose keys the test holds.
@@ -213,7 +147,8 @@ fn revoked_or_untrusted_peers_are_closed_and_others_keep_working() {
         egress_config = egress_config.listener(Listener::plain(name, name)).route(Route::new(name, to).mutual_origination(secret, SERVICE_HOST));
     }
     let egress = Gateway::start(Role::Egress, pki.dir.path(), &egress_config.toml());
-    let mut sessions: Vec<(&str, Session)> = ["revoked", "kept", "other", "unchecked"].into_iter().map(|n| (n, Session::open(egress.port(n)))).collect();
+    let mut sessions: Vec<(&str, MariaDbSession)> =
+        ["revoked", "kept", "other", "unchecked"].into_iter().map(|n| (n, MariaDbSession::open(egress.port(n), &["--skip-ssl"]))).collect();
     for (name, session) in &mut sessions {
         session.select(&format!("{name}-start")).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
@@ -247,4 +182,67 @@ fn revoked_or_untrusted_peers_are_closed_and_others_keep_working() {
     assert_eq!(metric(&ingress, "strait_tcp_connections_closed_total", &[("listener", "mtls"), ("outcome", "revoked")]), 2.0);
     // A fresh session with the kept certificate runs the tutorial's SQL.
     mariadb_sql(egress.port("kept"), TUTORIAL_SQL).unwrap();
+}
+
+/// A `mariadb` client doing MySQL's own TLS with a client certificate, terminated by
+/// Strait inside the protocol (a plain listener, a `mysql` route with `downstream_tls`
+/// in mutual mode and a CRL): revoking its certificate closes its session the same way,
+/// while a session with another certificate keeps working.
+#[test]
+fn a_database_clients_in_protocol_tls_is_rechecked_too() {
+    let db = MariaDb::start();
+    let pki = Pki::reference();
+    let dir = pki.path("native");
+    let root = Authority::root("Native clients root", KeyType::EcdsaP256, 30).unwrap();
+    let mut server_leaf = Leaf::new("localhost", Usage::Server, 30);
+    server_leaf.dns.push("localhost".into());
+    let server = dir.join("server");
+    strait::certs::write_secret(&server, &root.issue(&server_leaf).unwrap(), &root.bundle_pem()).unwrap();
+    let issue = |name: &str| {
+        let issued = root.issue(&Leaf::new(name, Usage::Client, 30)).unwrap();
+        strait::certs::write_secret(&dir.join(name), &issued, &root.bundle_pem()).unwrap();
+        issued
+    };
+    let (revoked, _kept) = (issue("revoked"), issue("kept"));
+    let (ca, crl) = (dir.join("ca.crt"), dir.join("clients.crl"));
+    std::fs::write(&ca, root.bundle_pem()).unwrap();
+    std::fs::write(&crl, root.revocation_list(&[], 1).unwrap()).unwrap();
+    let downstream_tls = inline(&[
+        ("mode", quoted("mutual")),
+        ("cert", quoted_path(&server.join("tls.crt"))),
+        ("key", quoted_path(&server.join("tls.key"))),
+        ("ca", quoted_path(&ca)),
+        ("ca_crl", quoted_path(&crl)),
+    ]);
+    let config = Config::new()
+        .listener(Listener::plain("native", "mysql"))
+        .route(Route::to("mysql", db.port).protocol("mysql").plaintext().set("downstream_ssl_mode", quoted("required")).set("downstream_tls", downstream_tls));
+    let ingress = Gateway::start(Role::Ingress, pki.dir.path(), &config.toml());
+    let port = ingress.port("native");
+    let session = |name: &str| {
+        let (cert, key) = (dir.join(name).join("tls.crt"), dir.join(name).join("tls.key"));
+        let args = [
+            "-h",
+            "localhost",
+            "--ssl",
+            "--ssl-verify-server-cert",
+            "--ssl-ca",
+            &ca.display().to_string(),
+            "--ssl-cert",
+            &cert.display().to_string(),
+            "--ssl-key",
+            &key.display().to_string(),
+        ]
+        .map(str::to_owned);
+        MariaDbSession::open(port, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (mut cut, mut kept) = (session("revoked"), session("kept"));
+    cut.select("revoked-start").unwrap();
+    kept.select("kept-start").unwrap();
+
+    let (line, after) = revoked_after_reload(&ingress, 1, || std::fs::write(&crl, root.revocation_list(&[&revoked], 2).unwrap()).unwrap());
+    assert!(line.contains("listener=native ") && line.contains("protocol=mysql") && line.contains("client certificate revoked by the reloaded CRL"), "{line}");
+    assert!(after < Duration::from_secs(1), "closed {after:?} after the reload");
+    assert!(cut.select("revoked-after").is_err());
+    kept.select("kept-after").unwrap();
 }

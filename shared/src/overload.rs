@@ -125,6 +125,12 @@ impl Overload {
         let now = Instant::now();
         let mut idle: Vec<(Duration, Arc<Relaying>)> =
             self.snapshot(listener).into_iter().map(|r| (r.idle_for(now), r)).filter(|(idle, _)| *idle >= MIN_IDLE).collect();
+        // The `count` idlest, without sorting them all: this runs at every arrival at a
+        // full listener.
+        if count < idle.len() {
+            idle.select_nth_unstable_by_key(count, |(idle, _)| std::cmp::Reverse(*idle));
+            idle.truncate(count);
+        }
         idle.sort_by_key(|(idle, _)| std::cmp::Reverse(*idle));
         let mut shed = Vec::new();
         for (idle, r) in idle {

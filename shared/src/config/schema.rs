@@ -49,9 +49,9 @@ pub struct RawListener {
     /// a plaintext client waiting for the server's greeting (default 50ms).
     #[serde(default, with = "humantime_serde")]
     pub permissive_detection_window: Option<Duration>,
-    /// At a mutual-TLS listener: after a reload that changed a CA bundle, trust domain or
-    /// CRL, verify every open connection's client chain again and close those that no
-    /// longer verify (default true).
+    /// After a reload that changed a CA bundle, trust domain or CRL, verify the peers of
+    /// this listener's open connections again (the client's chain, and the server's on
+    /// origination) and close those that no longer verify (default true).
     pub recheck_on_trust_change: Option<bool>,
     /// Abuse limits: connection rates and concurrent connections per source address
     /// and per client identity, and PostgreSQL CancelRequests per source.
