@@ -203,6 +203,18 @@ mod tests {
     }
 
     #[test]
+    fn the_sweep_closes_what_outlived_the_shrunk_timeout_only_under_pressure() {
+        let overload = Arc::new(Overload::default());
+        let (moved, cut) = (Arc::new(Moved::default()), Arc::new(Cut::default()));
+        let _registered = overload.register(Arc::from("l"), moved, Duration::from_millis(100), cut.clone());
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(overload.sweep("l", 0.5), 0, "no pressure: the idle timeout is the relay's own");
+        assert_eq!(overload.sweep("other", 1.0), 0, "another listener's pressure");
+        assert_eq!(overload.sweep("l", 1.0), 1);
+        assert!(!cut.close(CutReason::Trust(String::new())), "it was cut by the sweep");
+    }
+
+    #[test]
     fn the_idlest_are_shed_first_and_active_ones_never() {
         let overload = Arc::new(Overload::default());
         let hour = Duration::from_secs(3600);

@@ -166,3 +166,19 @@ fn origination_verifies_the_server_by_its_trust_domain() {
     let refused = check(leaf(&roots.b, &["spiffe://a.example/db"], &["db.example"], Usage::Server)).unwrap_err();
     assert!(refused.to_string().contains("not signed by a CA of trust domain"), "{refused}");
 }
+
+#[test]
+fn crls_apply_to_every_trust_domains_bundle() {
+    let roots = Roots::new("crl");
+    let mut revoked_leaf = Leaf::new("revoked", Usage::Client, 1);
+    revoked_leaf.uris.push("spiffe://b.example/ns/default/sa/revoked".into());
+    let revoked = roots.b.issue(&revoked_leaf).unwrap();
+    let crl = roots.dir.join("crl.pem");
+    std::fs::write(&crl, roots.a.revocation_list(&[], 1).unwrap() + &roots.b.revocation_list(&[&revoked], 1).unwrap()).unwrap();
+    let domains = roots.domains();
+    let verifier = tls::client_verifier(&ClientTrust { ca: None, trust_domains: Some(&domains), crl: Some(&crl) }, &tls::provider()).unwrap();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(revoked.chain_pem.as_bytes()).collect::<Result<_, _>>().unwrap();
+    assert_eq!(verify_client(verifier.as_ref(), &chain).unwrap_err(), "InvalidCertificate(Revoked)");
+    verify_client(verifier.as_ref(), &leaf(&roots.b, &["spiffe://b.example/ns/default/sa/kept"], &[], Usage::Client)).unwrap();
+    verify_client(verifier.as_ref(), &leaf(&roots.a, &["spiffe://a.example/x"], &[], Usage::Client)).unwrap();
+}
