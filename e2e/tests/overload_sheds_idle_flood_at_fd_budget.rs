@@ -96,15 +96,19 @@ fn a_held_flood_of_idle_connections_does_not_lock_out_legitimate_clients() {
         }
     }
     println!("flood of {FLOOD} opened in {:?}; open descriptors: egress {}, ingress {}", started.elapsed(), open_fds(egress_pid), open_fds(ingress_pid));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(&egress, "strait_active_connections", &[("listener", "mysql-plain")]) < 960.0 {
-        assert!(Instant::now() < deadline, "the flood never filled the plain listener:\n{}", egress.proc.output());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // The flood filled the plain listener (its arrivals then made room from the idlest),
+    // and under that pressure the shrunk idle timeouts (10 s when full) close the
+    // flood's oldest connections too.
+    egress.wait_for_access_line(&["listener=mysql-plain ", "outcome=shed", "max_connections reached"]);
+    println!("plain listener: {} open now", metric(&egress, "strait_active_connections", &[("listener", "mysql-plain")]));
     assert!(open_fds(egress_pid) <= 4096 && open_fds(ingress_pid) <= 4096);
 
     // While it is held, the legitimate clients are served within 10 s.
-    let plain_took = plain_served(plain).unwrap_or_else(|e| panic!("plain client refused under the flood: {e}\n{}", egress.proc.output()));
+    let plain_took = plain_served(plain).unwrap_or_else(|e| {
+        let output = egress.proc.output();
+        let tail: Vec<&str> = output.lines().filter(|l| !l.contains("outcome=shed")).collect();
+        panic!("plain client refused under the flood: {e}\n{}", tail[tail.len().saturating_sub(15)..].join("\n"))
+    });
     let mtls_took = mtls_served(&pki, mesh).unwrap_or_else(|e| panic!("mTLS client refused under the flood: {e}"));
     println!("under the flood: plain client served in {plain_took:?}, mTLS client in {mtls_took:?}");
     assert!(plain_took < Duration::from_secs(10) && mtls_took < Duration::from_secs(10));
@@ -166,4 +170,54 @@ fn out_of_descriptors_the_idlest_connections_make_room() {
     let after = settles(pid, baseline, Duration::from_secs(5));
     println!("5 s after the flood closed: {after:?} descriptors (baseline {baseline})");
     assert!(after.is_ok(), "not back at the baseline {baseline}");
+}
+
+/// At `max_connections`, a new client takes the place of the connection idle longest
+/// (idle at least a second); with `shed_idle_under_pressure = false` the cap is hard.
+#[test]
+fn the_limit_makes_room_from_idle_connections_unless_it_is_a_hard_cap() {
+    let pki = Pki::reference();
+    let echo = EchoServer::start();
+    let config = Config::new()
+        .listener(Listener::plain("soft", "echo").set("max_connections", 2))
+        .listener(Listener::plain("hard", "echo").set("max_connections", 2).set("shed_idle_under_pressure", false))
+        .route(Route::to("echo", echo.port).plaintext());
+    let egress = Gateway::start(Role::Egress, pki.dir.path(), &config.toml());
+    let held = |port: u16| -> Vec<TcpStream> {
+        (0..2)
+            .map(|_| {
+                let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                stream.write_all(b"held\n").unwrap();
+                let mut echoed = [0u8; 5];
+                stream.read_exact(&mut echoed).unwrap();
+                stream
+            })
+            .collect()
+    };
+    let (soft, hard) = (egress.port("soft"), egress.port("hard"));
+    let (mut soft_held, mut hard_held) = (held(soft), held(hard));
+    // Idleness is measured in time: the first of the soft pair idles longest, both past
+    // the one-second floor.
+    std::thread::sleep(Duration::from_millis(300));
+    soft_held[1].write_all(b"held\n").unwrap();
+    soft_held[1].read_exact(&mut [0u8; 5]).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(plain_served(soft).is_ok(), "the soft cap makes room");
+    assert!(plain_served(hard).is_err(), "the hard cap refuses");
+    let line = egress.wait_for_access_line(&["listener=soft ", "outcome=shed", "max_connections reached"]);
+    println!("{line}");
+    let mut rest = [0u8; 1];
+    let idlest = soft_held[0].read(&mut rest);
+    assert!(
+        matches!(&idlest, Ok(0)) || matches!(&idlest, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "the idlest connection was the one shed: {idlest:?}"
+    );
+    for stream in hard_held.iter_mut().chain(&mut soft_held[1..]) {
+        stream.write_all(b"alive\n").unwrap();
+        let mut echoed = [0u8; 6];
+        stream.read_exact(&mut echoed).unwrap();
+    }
+    assert_eq!(metric(&egress, "strait_connections_shed_idle_total", &[("listener", "soft")]), 1.0);
+    assert_eq!(metric(&egress, "strait_connections_shed_total", &[("listener", "hard")]), 1.0);
 }

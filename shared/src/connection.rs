@@ -64,6 +64,8 @@ struct Watch {
     listener: Arc<str>,
     cut: Arc<Cut>,
     held: Vec<Registration>,
+    /// The connection's overload registration, told when the relay starts.
+    overload: Option<crate::overload::Registration>,
 }
 
 impl Watch {
@@ -82,18 +84,44 @@ fn peer_chain(stream: &Stream) -> Option<&[rustls_pki_types::CertificateDer<'sta
     }
 }
 
+/// What the accept loop hands a connection besides its socket: how it can be cut from
+/// outside, its byte counters, and its overload registration, made before its task is
+/// spawned so that a flood's connections are known (and sheddable) from accept on.
+pub struct Admitted {
+    /// Closes the connection from outside (trust re-check, overload).
+    pub cut: Arc<Cut>,
+    /// Its byte counters and last activity, shared with overload.
+    pub moved: Arc<crate::relay::Moved>,
+    /// Its place in [`Context::overload`], if its listener sheds idle connections.
+    pub overload: Option<crate::overload::Registration>,
+}
+
+impl Admitted {
+    /// A connection just accepted at `listener`.
+    pub fn new(context: &Context, listener: &Arc<str>) -> Admitted {
+        let (cut, moved) = (Arc::new(Cut::default()), Arc::new(crate::relay::Moved::default()));
+        let plan = context.table.load().listener(listener).map(|p| (p.shed_idle_under_pressure, p.handshake_timeout));
+        let overload = match plan {
+            Some((true, setup_timeout)) => Some(context.overload.register(listener.clone(), moved.clone(), setup_timeout, cut.clone())),
+            _ => None,
+        };
+        Admitted { cut, moved, overload }
+    }
+}
+
 /// Serves one accepted connection to the end; its record is written when this returns
 /// (or when the task is dropped).
-pub async fn handle(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, context: Arc<Context>) {
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, context: Arc<Context>, admitted: Admitted) {
     let span = tracing::info_span!("connection", listener = %listener, %peer, route = tracing::field::Empty);
     async move {
         let direction = match context.role {
             Role::Egress => "outbound",
             Role::Ingress => "inbound",
         };
-        let cut = Arc::new(Cut::default());
-        let mut watch = Watch { live: context.live.clone(), listener: listener.clone(), cut: cut.clone(), held: Vec::new() };
+        let Admitted { cut, moved, overload } = admitted;
+        let mut watch = Watch { live: context.live.clone(), listener: listener.clone(), cut: cut.clone(), held: Vec::new(), overload };
         let mut record = ConnectionRecord::new(context.recorder.clone(), listener, direction, peer);
+        record.moved = moved;
         let end = tokio::select! {
             // Biased: a cut seen while relaying is handled inside `serve` (with a reset).
             biased;
@@ -168,7 +196,9 @@ async fn serve(tcp: TcpStream, context: &Context, record: &mut ConnectionRecord,
     if !tls_at_listener {
         watch.register(Peer::ProtocolClient { route: route.name.clone() }, peer_chain(&downstream));
     }
-    let _relaying = context.overload.register(record.listener.clone(), record.moved.clone(), route.idle_timeout, watch.cut.clone());
+    if let Some(registered) = &watch.overload {
+        registered.relaying(route.idle_timeout);
+    }
     let record: &ConnectionRecord = record;
     // Boxed, like the set-up stages: the task itself then stays small.
     let mut relaying = Box::pin(relay(&mut downstream, &mut upstream, route.idle_timeout, &record.moved));

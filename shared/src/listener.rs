@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Role;
-use crate::connection::{handle, Context};
+use crate::connection::{handle, Admitted, Context};
 use crate::error::{Outcome, Refusal};
 use crate::limits::ListenerLimits;
 use crate::metrics::{ClosedLabels, RefusalLabels};
@@ -108,8 +108,9 @@ impl AcceptLoop {
                 }
             };
             let (name, context) = (self.name.clone(), self.context.clone());
+            let admitted = Admitted::new(&context, &name);
             self.tracker.spawn(async move {
-                handle(tcp, peer, name, context).await;
+                handle(tcp, peer, name, context, admitted).await;
                 drop((permit, counted));
             });
         }

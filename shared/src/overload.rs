@@ -44,26 +44,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One relaying connection, as overload sees it.
+/// One open connection, as overload sees it: from accept (a flood's connections hold
+/// their places while their upstreams are set up, too), idle since accept until its
+/// relay moves bytes.
 struct Relaying {
     listener: Arc<str>,
     moved: Arc<Moved>,
-    idle_timeout: Duration,
+    /// The idle timeout that applies, in milliseconds: the listener's handshake timeout
+    /// while setting up, the route's once relaying.
+    idle_timeout_ms: AtomicU64,
     cut: Arc<Cut>,
-    /// Bytes moved when last looked at, and since when that total has stood.
-    seen: Mutex<(u64, Instant)>,
 }
 
 impl Relaying {
-    /// How long no byte has moved (as precise as the looks: each sweep is one).
-    fn idle_for(&self, now: Instant) -> Duration {
-        let (down, up) = self.moved.get();
-        let total = down + up;
-        let mut seen = lock(&self.seen);
-        if seen.0 != total {
-            *seen = (total, now);
-        }
-        now.saturating_duration_since(seen.1)
+    /// How long no byte has moved, as the relay records it.
+    fn idle_for(&self) -> Duration {
+        self.moved.idle()
     }
 }
 
@@ -83,10 +79,18 @@ impl Default for Overload {
     }
 }
 
-/// Keeps a relaying connection known to [`Overload`]; removes it when dropped.
+/// Keeps a connection known to [`Overload`]; removes it when dropped.
 pub struct Registration {
     id: u64,
     overload: Arc<Overload>,
+    relaying: Arc<Relaying>,
+}
+
+impl Registration {
+    /// The relay starts, under the route's `idle_timeout`.
+    pub fn relaying(&self, idle_timeout: Duration) {
+        self.relaying.idle_timeout_ms.store(idle_timeout.as_millis() as u64, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Registration {
@@ -96,13 +100,14 @@ impl Drop for Registration {
 }
 
 impl Overload {
-    /// Registers a connection whose relay starts now; `cut` closes it.
+    /// Registers a connection accepted now, whose timeout is `idle_timeout` until
+    /// [`Registration::relaying`]; `cut` closes it.
     pub fn register(self: &Arc<Self>, listener: Arc<str>, moved: Arc<Moved>, idle_timeout: Duration, cut: Arc<Cut>) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let total = moved.get().0 + moved.get().1;
-        let relaying = Relaying { listener, moved, idle_timeout, cut, seen: Mutex::new((total, Instant::now())) };
-        lock(&self.relaying).insert(id, Arc::new(relaying));
-        Registration { id, overload: self.clone() }
+        moved.touch();
+        let relaying = Arc::new(Relaying { listener, moved, idle_timeout_ms: AtomicU64::new(idle_timeout.as_millis() as u64), cut });
+        lock(&self.relaying).insert(id, relaying.clone());
+        Registration { id, overload: self.clone(), relaying }
     }
 
     /// Relaying connections now.
@@ -122,9 +127,8 @@ impl Overload {
     /// Closes up to `count` of the connections idle longest (of `listener`, or of the
     /// whole process), each idle at least [`MIN_IDLE`]; returns (listener, idle) of each.
     pub fn shed_idlest(&self, listener: Option<&str>, count: usize, why: &'static str) -> Vec<(Arc<str>, Duration)> {
-        let now = Instant::now();
         let mut idle: Vec<(Duration, Arc<Relaying>)> =
-            self.snapshot(listener).into_iter().map(|r| (r.idle_for(now), r)).filter(|(idle, _)| *idle >= MIN_IDLE).collect();
+            self.snapshot(listener).into_iter().map(|r| (r.idle_for(), r)).filter(|(idle, _)| *idle >= MIN_IDLE).collect();
         // The `count` idlest, without sorting them all: this runs at every arrival at a
         // full listener.
         if count < idle.len() {
@@ -157,13 +161,11 @@ impl Overload {
         if pressure < PRESSURE_START {
             return 0;
         }
-        let now = Instant::now();
         let mut closed = 0;
         for r in self.snapshot(Some(listener)) {
-            let idle = r.idle_for(now);
-            if idle > Self::scaled_idle_timeout(r.idle_timeout, pressure)
-                && r.cut.close(CutReason::Overload { idle, why: "idle timeouts shrunk under pressure" })
-            {
+            let idle = r.idle_for();
+            let configured = Duration::from_millis(r.idle_timeout_ms.load(Ordering::Relaxed));
+            if idle > Self::scaled_idle_timeout(configured, pressure) && r.cut.close(CutReason::Overload { idle, why: "idle timeouts shrunk under pressure" }) {
                 closed += 1;
             }
         }
@@ -230,7 +232,7 @@ mod tests {
         let other_listener = conn("b");
         let active = conn("a");
         std::thread::sleep(MIN_IDLE);
-        active.0.from_downstream.fetch_add(10, Ordering::Relaxed);
+        active.0.touch();
         let shed = overload.shed_idlest(Some("a"), 1, "test");
         assert_eq!(shed.len(), 1);
         assert!(!oldest.1.close(CutReason::Trust(String::new())), "the oldest was cut first");

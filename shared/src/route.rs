@@ -150,6 +150,8 @@ pub struct ListenerPlan {
     pub recheck_on_trust_change: bool,
     /// Abuse limits.
     pub limits: crate::config::Limits,
+    /// Whether idle connections may be shed under overload.
+    pub shed_idle_under_pressure: bool,
 }
 
 /// The whole routing state of a process: what a reload replaces.
@@ -305,6 +307,7 @@ fn build_listener(b: &mut Builder<'_>, i: usize, l: &Spanned<ListenerConfig>, ro
         flush_interval: listener.access_log_flush_interval,
         recheck_on_trust_change: listener.recheck_on_trust_change,
         limits: listener.limits.clone(),
+        shed_idle_under_pressure: listener.shed_idle_under_pressure,
     })
 }
 

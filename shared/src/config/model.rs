@@ -51,6 +51,8 @@ pub struct ListenerConfig {
     /// Whether a reload that changes this listener's trust (CA bundle, trust domains,
     /// CRL) verifies its open connections' client chains again, closing those that fail.
     pub recheck_on_trust_change: bool,
+    /// Whether idle connections of this listener may be shed under overload.
+    pub shed_idle_under_pressure: bool,
     /// Abuse limits (defaults applied).
     pub limits: Limits,
 }

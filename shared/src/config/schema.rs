@@ -53,6 +53,10 @@ pub struct RawListener {
     /// this listener's open connections again (the client's chain, and the server's on
     /// origination) and close those that no longer verify (default true).
     pub recheck_on_trust_change: Option<bool>,
+    /// Whether this listener's idle connections may be shed under overload, idlest
+    /// first ([`crate::overload`]; default true). False makes `max_connections` a hard
+    /// cap: beyond it new connections are closed, whatever is idle.
+    pub shed_idle_under_pressure: Option<bool>,
     /// Abuse limits: connection rates and concurrent connections per source address
     /// and per client identity, and PostgreSQL CancelRequests per source.
     #[serde(default)]

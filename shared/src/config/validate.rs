@@ -164,6 +164,7 @@ impl Validator<'_> {
             access_log_flush_interval: raw.access_log_flush_interval,
             permissive_detection_window,
             recheck_on_trust_change: raw.recheck_on_trust_change.unwrap_or(true),
+            shed_idle_under_pressure: raw.shed_idle_under_pressure.unwrap_or(true),
             limits: limits?,
         })
     }
