@@ -182,3 +182,29 @@ fn crls_apply_to_every_trust_domains_bundle() {
     verify_client(verifier.as_ref(), &leaf(&roots.b, &["spiffe://b.example/ns/default/sa/kept"], &[], Usage::Client)).unwrap();
     verify_client(verifier.as_ref(), &leaf(&roots.a, &["spiffe://a.example/x"], &[], Usage::Client)).unwrap();
 }
+
+/// The SPIFFE ID parser takes any text a certificate carries: it never panics, and what
+/// it accepts is a well-formed ID whose trust domain it returns (a bounded random walk
+/// over the alphabet that matters, seeded so a failure reproduces).
+#[test]
+fn the_spiffe_id_parser_takes_any_input() {
+    let alphabet: Vec<char> = "spiffe:/abcAZ09.-_@?#% \u{e9}\u{0}".chars().collect();
+    let mut seed = 0x5eed_u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..20_000 {
+        let len = (next() % 40) as usize;
+        let mut id: String = if next() % 2 == 0 { "spiffe://".into() } else { String::new() };
+        id.extend((0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]));
+        if let Ok(domain) = parse_spiffe_id(&id) {
+            assert!(id.starts_with("spiffe://") && id["spiffe://".len()..].starts_with(domain) && !domain.is_empty(), "{id:?} -> {domain:?}");
+            assert!(domain.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '-' | '_')), "{id:?}");
+            assert!(check_trust_domain_name(domain).is_ok(), "{id:?}");
+        }
+    }
+    assert!(parse_spiffe_id(&format!("spiffe://a.example/{}", "x".repeat(2100))).is_err(), "longer than 2048 bytes");
+}
