@@ -52,7 +52,7 @@ pub struct Context {
     pub live: Arc<LiveConnections>,
     /// Every listener's abuse limits and their state ([`crate::limits`]).
     pub limits: crate::limits::Limiters,
-    /// Every relaying connection with its idleness, for shedding under overload
+    /// Every open connection with its idleness, for shedding under overload
     /// ([`crate::overload`]).
     pub overload: Arc<crate::overload::Overload>,
 }
