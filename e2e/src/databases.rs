@@ -9,6 +9,8 @@ use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::process::{Child, ChildStdin};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use strait::certs::{Authority, KeyType, Leaf, Usage};
@@ -429,4 +431,86 @@ pub fn connect_and_send(port: u16, bytes: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.write_all(bytes).unwrap();
     stream
+}
+
+/// A long-lived interactive `mariadb` session (user `app`) to `127.0.0.1:port`:
+/// statements go to its stdin, its output is collected as it comes; it never
+/// reconnects, so a cut connection shows. Killed on drop.
+pub struct MariaDbSession {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    output: Arc<Mutex<String>>,
+}
+
+impl MariaDbSession {
+    /// Starts `mariadb` with `extra` arguments (`--skip-ssl`, or TLS options).
+    pub fn open(port: u16, extra: &[&str]) -> MariaDbSession {
+        require("mariadb");
+        let mut child = std::process::Command::new("mariadb")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "--protocol=TCP",
+                "-P",
+                &port.to_string(),
+                "-uapp",
+                "-papp",
+                "--skip-reconnect",
+                "--connect-timeout=10",
+                "-N",
+                "-B",
+                "-n",
+            ])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = Arc::new(Mutex::new(String::new()));
+        for pipe in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)).map_while(Result::ok) {
+                    output.lock().unwrap().push_str(&(line + "\n"));
+                }
+            });
+        }
+        MariaDbSession { stdin: child.stdin.take(), child, output }
+    }
+
+    /// Runs `SELECT '<tag>'` and waits (10 s at most) for the answer; the output so far
+    /// when it fails.
+    pub fn select(&mut self, tag: &str) -> Result<(), String> {
+        let sent = self.stdin.as_mut().map(|s| writeln!(s, "SELECT '{tag}';").and_then(|()| s.flush()));
+        if !matches!(sent, Some(Ok(()))) {
+            return Err(format!("the client is gone: {}", self.output()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.output();
+            if out.lines().any(|l| l == tag) {
+                return Ok(());
+            }
+            if out.contains("ERROR") || self.child.try_wait().unwrap().is_some() {
+                return Err(out);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no answer within 10 s: {out}"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything it printed so far, stdout and stderr.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+}
+
+impl Drop for MariaDbSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -14,7 +14,8 @@ use strait_e2e::*;
 
 fn config(pki: &Pki, backend: u16, max_connections: usize) -> String {
     Config::new()
-        .listener(Listener::mutual("limited", &pki.path("ingress")).set("max_connections", max_connections))
+        // A hard cap: held connections are never shed to admit new ones, however idle.
+        .listener(Listener::mutual("limited", &pki.path("ingress")).set("max_connections", max_connections).set("shed_idle_under_pressure", false))
         .route(Route::to("echo", backend).hosts(&[SERVICE_HOST]))
         .toml()
 }

@@ -3,7 +3,9 @@
 //! old and the new CA, then the ingress's server certificate and the egress's client
 //! certificate move to the new CA, then the old CA is dropped. Not one connection may
 //! fail; new handshakes present the new certificate; a connection opened before the
-//! rotation still works after it.
+//! rotation still works while its CA is trusted, and is closed (`outcome=revoked`) when
+//! the old CA is dropped, since its certificates no longer verify
+//! (`recheck_on_trust_change`, on by default).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -124,6 +126,11 @@ fn rotating_server_client_and_ca_under_load_fails_no_connection() {
         // Let the load run a while in each intermediate state.
         std::thread::sleep(DWELL);
         made_at_step.push(made.load(Ordering::Relaxed));
+        if *name != "drop old CA" {
+            // The connection opened before the rotation is the same MySQL session,
+            // still working while its old certificates are trusted.
+            assert_eq!(session.query("SELECT CONNECTION_ID();"), connection_id, "same connection, not a reconnect, after {name:?}");
+        }
     }
     assert!(Instant::now() + Duration::from_secs(2) < stop_at, "the rotation must finish while the load still runs");
 
@@ -144,9 +151,19 @@ fn rotating_server_client_and_ca_under_load_fails_no_connection() {
     assert!(ingress.log_lines(&format!("serial={server_serial}")).iter().any(|l| l.contains("certificate loaded")));
     assert!(egress.log_lines(&format!("serial={client_serial}")).iter().any(|l| l.contains("certificate loaded")));
 
-    // The connection opened before the rotation is the same MySQL session, still working.
-    assert_eq!(session.query("SELECT CONNECTION_ID();"), connection_id, "same connection, not a reconnect");
-    assert_eq!(session.query("SELECT 'still here';"), "still here");
+    // Dropping the old CA closed the connection opened under it: its certificates (the
+    // old server and client leaves) no longer verify.
+    let revoked = |g: &Gateway| g.access_log().into_iter().find(|l| l.contains("outcome=revoked"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        if let Some(line) = revoked(&ingress).or_else(|| revoked(&egress)) {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "the session under the old CA was not closed when the CA was dropped");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(line.contains("no longer chains to a trusted CA after the reload"), "{line}");
+    assert!(session.query_fails("SELECT 'still here';"), "the session opened under the dropped CA still answers");
 
     let mut failures = Vec::new();
     for client in clients {
@@ -154,7 +171,6 @@ fn rotating_server_client_and_ca_under_load_fails_no_connection() {
     }
     let total = made.load(Ordering::Relaxed);
     made_at_step.push(total);
-    session.close();
 
     println!("rotation under load: {total} connections made, {} failed, {CLIENTS} clients for {LOAD:?}", failures.len());
     println!("connections completed by: start of step 1 / {DWELL:?} after each step / end = {made_at_step:?}");
@@ -229,20 +245,14 @@ impl SqlSession {
         self.lines.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|e| panic!("no answer to {sql:?} on the long-lived connection: {e}"))
     }
 
-    /// Ends the session with `quit` and requires a clean exit.
-    fn close(mut self) {
-        let mut stdin = self.stdin.take().unwrap();
-        writeln!(stdin, "quit").unwrap();
-        drop(stdin);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "the long-lived mariadb client exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "the long-lived mariadb client did not exit");
-            std::thread::sleep(Duration::from_millis(20));
+    /// Sends one statement and whether it gets no answer: the client's connection is
+    /// gone (it does not reconnect) and it exits, closing its output.
+    fn query_fails(&mut self, sql: &str) -> bool {
+        let stdin = self.stdin.as_mut().unwrap();
+        if writeln!(stdin, "{sql}").and_then(|()| stdin.flush()).is_err() {
+            return true;
         }
+        matches!(self.lines.recv_timeout(Duration::from_secs(10)), Err(mpsc::RecvTimeoutError::Disconnected))
     }
 }
 

@@ -81,7 +81,7 @@ pub struct ConnectionRecord {
     /// Identity and TLS of each side.
     pub sides: Sides,
     /// Bytes each way, counted by the relay as they move.
-    pub moved: Moved,
+    pub moved: Arc<Moved>,
     /// Whether `opened` was counted (the relay started).
     opened: bool,
     /// Bytes (from downstream, from upstream) already reported by periodic records and
@@ -89,6 +89,9 @@ pub struct ConnectionRecord {
     reported: [AtomicU64; 2],
     /// How it ended; `None` when the connection's task was dropped unfinished.
     end: Option<Result<(), ConnError>>,
+    /// Counted, but no access-log line or span: a refusal whose logging is rate-limited
+    /// elsewhere (abuse limits), so a flood cannot flood the log.
+    pub quiet: bool,
 }
 
 impl ConnectionRecord {
@@ -108,10 +111,11 @@ impl ConnectionRecord {
             sni: None,
             authority: None,
             sides: Sides::default(),
-            moved: Moved::default(),
+            moved: Arc::default(),
             opened: false,
             reported: [AtomicU64::new(0), AtomicU64::new(0)],
             end: None,
+            quiet: false,
         }
     }
 
@@ -323,6 +327,9 @@ impl Drop for ConnectionRecord {
             Err(e) => (e.classify(), e.to_string()),
         };
         self.count(class, end.as_ref().err());
+        if self.quiet {
+            return;
+        }
         self.span(class, &reason, SystemTime::now());
         self.write_line(Report::Close, class.outcome.as_str(), class.level, &reason, self.moved.get());
     }

@@ -22,6 +22,7 @@ use crate::config::{PeerAuth, Protocol, Role};
 use crate::error::{ConnError, Op, Side, UpstreamError};
 use crate::identity::Identity;
 use crate::metrics::{NegotiationLabels, RouteLabels};
+use crate::recheck::{Cut, LiveConnections, Peer, Registration};
 use crate::relay::relay;
 use crate::resolve::Resolver;
 use crate::route::{ListenerPlan, Route, RouteTable, Routing, TlsRouting};
@@ -52,6 +53,66 @@ pub struct Context {
     pub draining: CancellationToken,
     /// The drain's length, for the record of a connection it cut.
     pub drain_timeout: ArcSwap<Duration>,
+    /// Every open TLS connection's peer chain, re-verified when a reload changes the
+    /// trust ([`crate::recheck`]).
+    pub live: Arc<LiveConnections>,
+    /// Every listener's abuse limits and their state ([`crate::limits`]).
+    pub limits: crate::limits::Limiters,
+    /// Every open connection with its idleness, for shedding under overload
+    /// ([`crate::overload`]).
+    pub overload: Arc<crate::overload::Overload>,
+}
+
+/// One connection's link to [`Context::live`]: the peers it registered (removed when
+/// the connection ends) and the cut a failed re-check closes it with.
+struct Watch {
+    live: Arc<LiveConnections>,
+    listener: Arc<str>,
+    cut: Arc<Cut>,
+    held: Vec<Registration>,
+    /// The connection's overload registration, told when the relay starts.
+    overload: Option<crate::overload::Registration>,
+}
+
+impl Watch {
+    fn register(&mut self, peer: Peer, chain: Option<&[rustls_pki_types::CertificateDer<'_>]>) {
+        if let Some(registration) = chain.and_then(|chain| self.live.register(self.listener.clone(), peer, chain, self.cut.clone())) {
+            self.held.push(registration);
+        }
+    }
+}
+
+/// The peer's certificate chain of a TLS stream.
+fn peer_chain(stream: &Stream) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
+    match stream {
+        Either::Left(_) => None,
+        Either::Right(tls) => tls.get_ref().1.peer_certificates(),
+    }
+}
+
+/// What the accept loop hands a connection besides its socket: how it can be cut from
+/// outside, its byte counters, and its overload registration, made before its task is
+/// spawned so that a flood's connections are known (and sheddable) from accept on.
+pub struct Admitted {
+    /// Closes the connection from outside (trust re-check, overload).
+    pub cut: Arc<Cut>,
+    /// Its byte counters and last activity, shared with overload.
+    pub moved: Arc<crate::relay::Moved>,
+    /// Its place in [`Context::overload`], if its listener sheds idle connections.
+    pub overload: Option<crate::overload::Registration>,
+}
+
+impl Admitted {
+    /// A connection just accepted at `listener`.
+    pub fn new(context: &Context, listener: &Arc<str>) -> Admitted {
+        let (cut, moved) = (Arc::new(Cut::default()), Arc::new(crate::relay::Moved::default()));
+        let plan = context.table.load().listener(listener).map(|p| (p.shed_idle_under_pressure, p.handshake_timeout));
+        let overload = match plan {
+            Some((true, setup_timeout)) => Some(context.overload.register(listener.clone(), moved.clone(), setup_timeout, cut.clone())),
+            _ => None,
+        };
+        Admitted { cut, moved, overload }
+    }
 }
 
 impl Context {
@@ -66,21 +127,32 @@ impl Context {
 
 /// Serves one accepted connection to the end; its record is written when this returns
 /// (or when the task is dropped).
-pub async fn handle(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, context: Arc<Context>) {
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, context: Arc<Context>, admitted: Admitted) {
     let span = tracing::info_span!("connection", listener = %listener, %peer, route = tracing::field::Empty);
     async move {
+        let Admitted { cut, moved, overload } = admitted;
+        let mut watch = Watch { live: context.live.clone(), listener: listener.clone(), cut: cut.clone(), held: Vec::new(), overload };
         let mut record = ConnectionRecord::new(context.recorder.clone(), listener, context.direction(), peer);
+        record.moved = moved;
         let end = tokio::select! {
-            end = serve(tcp, &context, &mut record) => end,
+            // Biased: a cut seen while relaying is handled inside `serve` (with a reset).
+            biased;
+            end = serve(tcp, &context, &mut record, &mut watch) => end,
             () = context.force_close.cancelled() => Err(ConnError::Drained(**context.drain_timeout.load())),
+            reason = cut.cut() => Err(reason.into_error()),
         };
+        if let (Err(ConnError::Limited(refusal)), Some(limits)) = (&end, context.limits.get(&record.listener)) {
+            // Counted like every refusal, but logged by the limiter, once a second.
+            record.quiet = true;
+            limits.log_refusal(*refusal, record.downstream.ip());
+        }
         record.finish(end);
     }
     .instrument(span)
     .await
 }
 
-async fn serve(mut tcp: TcpStream, context: &Arc<Context>, record: &mut ConnectionRecord) -> Result<(), ConnError> {
+async fn serve(mut tcp: TcpStream, context: &Arc<Context>, record: &mut ConnectionRecord, watch: &mut Watch) -> Result<(), ConnError> {
     let table = context.table.load_full();
     let plan = table.listener(&record.listener).ok_or(ConnError::ListenerRemoved)?;
     crate::socket::tune(&tcp, &plan.keepalive);
@@ -99,6 +171,15 @@ async fn serve(mut tcp: TcpStream, context: &Arc<Context>, record: &mut Connecti
         // Each stream is a connection of its own, with its own record.
         Routing::Hbone(routing) => return Box::pin(hbone::serve(tcp, plan.clone(), routing, context.clone(), record)).await,
     };
+    let tls_at_listener = record.sides.downstream_tls;
+    if tls_at_listener {
+        watch.register(Peer::Client { sni: record.sni.clone() }, peer_chain(&downstream));
+    }
+    let limits = context.limits.get(&record.listener);
+    let _identity_counted = match (&limits, &record.sides.identity) {
+        (Some(limits), Some(identity)) => limits.admit_identity(&identity.to_string()).map_err(ConnError::Limited)?,
+        _ => None,
+    };
     record.route = Some(route.name.clone());
     // An `{sni}` upstream's destination is the name the client sent.
     let sni = record.sni.as_deref().map(str::to_ascii_lowercase);
@@ -110,7 +191,8 @@ async fn serve(mut tcp: TcpStream, context: &Arc<Context>, record: &mut Connecti
         return Err(ConnError::SourceDenied { client: record.downstream.ip(), route: route.name.clone() });
     }
     let proxy_header = proxy_header(&route, record, local)?;
-    let dial = Dialer { route: &route, resolver: &context.resolver, sni: sni.as_deref(), proxy_header: proxy_header.as_deref() };
+    let cancels = limits.as_deref().map(|limits| crate::limits::CancelGate { limits, source: record.downstream.ip() });
+    let dial = Dialer { route: &route, resolver: &context.resolver, sni: sni.as_deref(), proxy_header: proxy_header.as_deref(), cancels };
     let connecting = Instant::now();
     let upstream = if route.protocol == Protocol::Tcp {
         authorize(&route, record.sides.identity.as_ref())?;
@@ -147,8 +229,29 @@ async fn serve(mut tcp: TcpStream, context: &Arc<Context>, record: &mut Connecti
         negotiated.map(|(downstream, upstream)| (downstream, Either::Left(upstream)))?
     };
     record.metrics().upstream_connect_seconds.observe(&RouteLabels { route: route.name.clone() }, connecting.elapsed());
-    let (downstream, upstream) = upstream;
-    relay_recorded(downstream, upstream, &route, plan, record).await
+    let (mut downstream, mut upstream) = upstream;
+    if let Either::Left(direct) = &upstream {
+        watch.register(Peer::Server { route: route.name.clone() }, peer_chain(direct));
+    }
+    if !tls_at_listener {
+        watch.register(Peer::ProtocolClient { route: route.name.clone() }, peer_chain(&downstream));
+    }
+    if let Some(registered) = &watch.overload {
+        registered.relaying(route.idle_timeout);
+    }
+    let cut = watch.cut.clone();
+    tokio::select! {
+        ended = relay_recorded(&mut downstream, &mut upstream, &route, plan, record) => ended,
+        reason = cut.cut() => {
+            // Cut with a reset, both ways: a FIN would be relayed as a half-close and
+            // leave the far side's connection open.
+            abort(&downstream);
+            if let Either::Left(direct) = &upstream {
+                abort(direct);
+            }
+            Err(reason.into_error())
+        }
+    }
 }
 
 /// The relay stage of a connection (or an HBONE stream): counts it opened, relays
@@ -176,6 +279,15 @@ where
         }
     };
     ended.map_err(|e| refused_after_handshake(e, route, record))
+}
+
+/// Makes closing `stream` send a TCP reset instead of a FIN.
+fn abort(stream: &Stream) {
+    let tcp = match stream {
+        Either::Left(tcp) => tcp,
+        Either::Right(tls) => tls.get_ref().0,
+    };
+    let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
 }
 
 /// In TLS 1.3 the client's handshake completes before the server has judged the client

@@ -68,7 +68,8 @@ pub async fn client(config: &Config, address: SocketAddr, sni: String, cert: Pat
     let tls = UpstreamTls {
         mode: TlsMode::Mutual,
         client: Some(CertKey { cert, key }),
-        ca,
+        ca: Some(ca),
+        trust_domains: Default::default(),
         sni: server_name,
         subject_alt_names: None,
         verify_hostname: false,
@@ -236,7 +237,8 @@ async fn handshake(mut out: String, probe: &Probe, settings: &UpstreamTls, tcp: 
     let started = Instant::now();
     let result = tokio::time::timeout(Duration::from_secs(10), TlsConnector::from(config).connect(server_name, tcp)).await;
     let chain = verifier.chain.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let ca_file = settings.ca.clone();
+    // With trust domains, the first bundle stands for the rest in the explanations.
+    let ca_file = settings.ca.clone().or_else(|| settings.trust_domains.values().next().cloned()).unwrap_or_default();
     let mut stream = match result {
         Err(_) => {
             step(&mut out, started, format!("TLS to {addr}: no handshake within 10 s"));

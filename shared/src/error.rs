@@ -28,6 +28,11 @@ pub enum Outcome {
     RelayFailed,
     /// Still open when the drain ended, and cut.
     Drained,
+    /// Closed idle to make room at the open-file budget or `max_connections`.
+    Shed,
+    /// Closed because its peer's certificate no longer verified after a reload changed
+    /// the trust (a CRL, a CA bundle, a trust domain).
+    Revoked,
 }
 
 impl Outcome {
@@ -40,6 +45,8 @@ impl Outcome {
             Outcome::UpstreamFailed => "upstream_failed",
             Outcome::RelayFailed => "relay_failed",
             Outcome::Drained => "drained",
+            Outcome::Revoked => "revoked",
+            Outcome::Shed => "shed",
         }
     }
 }
@@ -80,6 +87,16 @@ pub enum Refusal {
     ProxyProtocol,
     /// An HBONE `CONNECT` whose `:authority` names no route at this listener.
     UnknownAuthority,
+    /// The source address opened connections faster than `limits` allow.
+    SourceRate,
+    /// The source address has `limits.concurrent_per_source` connections open.
+    SourceConcurrency,
+    /// The client identity opened connections faster than `limits` allow.
+    IdentityRate,
+    /// The client identity has `limits.concurrent_per_identity` connections open.
+    IdentityConcurrency,
+    /// The source address sent PostgreSQL CancelRequests faster than `limits` allow.
+    CancelRate,
     /// Anything else: I/O errors, alerts from the client, protocol violations, ...
     Other,
 }
@@ -104,6 +121,11 @@ impl Refusal {
             Refusal::DeniedSource => "denied_source",
             Refusal::ProxyProtocol => "proxy_protocol",
             Refusal::UnknownAuthority => "unknown_authority",
+            Refusal::SourceRate => "source_rate_limited",
+            Refusal::SourceConcurrency => "source_concurrency_limited",
+            Refusal::IdentityRate => "identity_rate_limited",
+            Refusal::IdentityConcurrency => "identity_concurrency_limited",
+            Refusal::CancelRate => "cancel_rate_limited",
             Refusal::Other => "other",
         }
     }
@@ -120,6 +142,10 @@ impl Refusal {
         match tls {
             E::NoCertificatesPresented => Refusal::NoClientCert,
             E::InvalidCertificate(C::UnknownIssuer) => Refusal::UnknownCa,
+            E::InvalidCertificate(C::Other(other)) => match other.0.downcast_ref::<crate::trust::TrustRefusal>() {
+                Some(trust) if trust.is_unknown_ca() => Refusal::UnknownCa,
+                _ => Refusal::BadCertificate,
+            },
             E::InvalidCertificate(_) => Refusal::BadCertificate,
             // TLS 1.0/1.1 ClientHellos lack signature_algorithms (added in 1.2): that is
             // how an old version shows up before any version negotiation.
@@ -273,7 +299,7 @@ pub enum ConnError {
     #[error("no SNI and the listener has no default_route")]
     NoSni,
     /// The client's TLS handshake failed.
-    #[error("TLS handshake failed: {0}")]
+    #[error("TLS handshake failed: {}", crate::tls::describe(.0))]
     Handshake(std::io::Error),
     /// The client's TLS handshake inside a database protocol failed.
     #[error("client TLS handshake (inside {protocol}) failed: {source}")]
@@ -359,6 +385,20 @@ pub enum ConnError {
     /// The HTTP/2 connection of an HBONE stream failed.
     #[error("HBONE connection: {0}")]
     Hbone(h2::Error),
+    /// Relaying, idle, and closed to make room under overload.
+    #[error("shed under overload ({why}): idle for {idle:?}")]
+    Shed {
+        /// How long it had been idle.
+        idle: Duration,
+        /// What pressure shed it.
+        why: &'static str,
+    },
+    /// Refused by the listener's abuse limits.
+    #[error("refused by the listener's limits: {}", .0.as_str())]
+    Limited(Refusal),
+    /// Closed after a reload changed the trust: the peer's chain no longer verifies.
+    #[error("{0}")]
+    TrustChanged(String),
     /// The process stopped under the connection (its task was dropped unfinished).
     #[error("the gateway stopped before the connection ended")]
     Abandoned,
@@ -434,6 +474,9 @@ impl ConnError {
             }
             ConnError::Idle(_) => Class { outcome: Outcome::RelayFailed, refusal: None, level: Level::INFO },
             ConnError::Drained(_) | ConnError::Abandoned => Class { outcome: Outcome::Drained, refusal: None, level: Level::WARN },
+            ConnError::Limited(refusal) => refused(*refusal),
+            ConnError::Shed { .. } => Class { outcome: Outcome::Shed, refusal: None, level: Level::INFO },
+            ConnError::TrustChanged(_) => Class { outcome: Outcome::Revoked, refusal: None, level: Level::WARN },
         }
     }
 }

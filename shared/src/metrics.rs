@@ -388,6 +388,9 @@ pub struct Metrics {
     pub handshake_failures: CounterVec<RefusalLabels>,
     /// Connections closed at accept because the listener was at its limit.
     pub shed: CounterVec<ListenerLabels>,
+    /// Relaying connections closed idle under overload, idlest first
+    /// ([`crate::overload`]).
+    pub shed_idle: CounterVec<ListenerLabels>,
     /// Time to connect upstream (TCP plus origination TLS; for database routes, the
     /// whole negotiation).
     pub upstream_connect_seconds: HistogramVec<RouteLabels>,
@@ -399,6 +402,9 @@ pub struct Metrics {
     pub cert_not_after: FloatGaugeVec<CredentialLabels>,
     /// Configuration/credential reloads by result.
     pub reloads: CounterVec<ReloadLabels>,
+    /// Open connections closed because a reload changed the trust and their peer's
+    /// chain no longer verified ([`crate::recheck`]).
+    pub trust_change_closed: CounterVec<ListenerLabels>,
     /// Database protocol negotiations, by which sides became TLS and how they ended.
     pub negotiations: CounterVec<NegotiationLabels>,
     /// Addresses of an endpoint that take traffic now (resolved, not ejected, passing
@@ -446,11 +452,15 @@ impl Metrics {
             active: d.gauge("active_connections", "Connections open now"),
             handshake_failures: d.counter("handshake_failures", "Connections refused before they were relayed, by reason"),
             shed: d.counter("connections_shed", "Connections closed at accept: the listener was at max_connections"),
+            shed_idle: d
+                .counter("connections_shed_idle", "Relaying connections closed idle, idlest first, under overload (max_connections or the open-file limit)"),
             upstream_connect_seconds: d.histogram("upstream_connect_seconds", "Time to connect upstream, TCP plus origination handshake", connect_histogram),
             upstream_failures: d.counter("upstream_connect_failures", "Upstream connects that failed on every address"),
             dns_failures: d.counter("dns_resolution_failures", "Upstream names that gave no address"),
             cert_not_after: d.float_gauge("certificate_not_after_seconds", "Expiry of each loaded certificate (Unix time)"),
             reloads: d.counter("config_reloads", "Configuration and credential reloads, by result"),
+            trust_change_closed: d
+                .counter("connections_closed_on_trust_change", "Open connections closed after a reload: their peer's chain no longer verified"),
             negotiations: d.counter("database_negotiations", "MySQL/PostgreSQL in-protocol TLS negotiations, by TLS sides and outcome"),
             endpoint_healthy: d.gauge("upstream_endpoint_healthy", "Addresses of an upstream endpoint that take traffic now"),
             endpoint_ejected: d.gauge("upstream_endpoint_ejected", "Addresses of an upstream endpoint ejected by outlier detection now"),

@@ -32,6 +32,9 @@ pub struct Moved {
     pub from_downstream: AtomicU64,
     /// Bytes read from upstream and written to the downstream client.
     pub from_upstream: AtomicU64,
+    /// When bytes last moved either way (or the connection was accepted), in milliseconds of
+    /// [`clock_ms`]: how idle the connection is, for shedding under overload.
+    last_moved_ms: AtomicU64,
 }
 
 impl Moved {
@@ -39,6 +42,22 @@ impl Moved {
     pub fn get(&self) -> (u64, u64) {
         (self.from_downstream.load(Ordering::Relaxed), self.from_upstream.load(Ordering::Relaxed))
     }
+
+    /// Marks bytes as moving now.
+    pub fn touch(&self) {
+        self.last_moved_ms.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// How long no byte has moved either way (since the last [`Moved::touch`]).
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(clock_ms().saturating_sub(self.last_moved_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Milliseconds on a monotonic process clock (from its first use).
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
 }
 
 /// Copies both ways between `downstream` and `upstream` until both directions finish,
@@ -50,7 +69,7 @@ where
 {
     let (mut down_read, mut down_write) = tokio::io::split(downstream);
     let (mut up_read, mut up_write) = tokio::io::split(upstream);
-    let activity = Activity::new();
+    let activity = Activity::new(moved);
     tokio::select! {
         copied = async {
             tokio::try_join!(
@@ -65,17 +84,20 @@ where
 
 /// When bytes last moved in either direction, for the idle timeout; and how many
 /// directions have finished.
-struct Activity {
+struct Activity<'m> {
     base: Instant,
     /// Milliseconds after `base` of the latest read.
     last_ms: AtomicU64,
     /// Directions that reached EOF and passed it on.
     finished: std::sync::atomic::AtomicU8,
+    /// The record's counters, whose idleness overload reads (touched when bytes are
+    /// read).
+    moved: &'m Moved,
 }
 
-impl Activity {
-    fn new() -> Activity {
-        Activity { base: Instant::now(), last_ms: AtomicU64::new(0), finished: std::sync::atomic::AtomicU8::new(0) }
+impl Activity<'_> {
+    fn new(moved: &Moved) -> Activity<'_> {
+        Activity { base: Instant::now(), last_ms: AtomicU64::new(0), finished: std::sync::atomic::AtomicU8::new(0), moved }
     }
 
     fn touch(&self) {
@@ -95,7 +117,7 @@ impl Activity {
 }
 
 /// Copies one direction until EOF, then shuts down the writer to pass the EOF on.
-async fn pump<R, W>(reader: &mut R, writer: &mut W, moved: &AtomicU64, activity: &Activity, from: Side, to: Side) -> Result<(), ConnError>
+async fn pump<R, W>(reader: &mut R, writer: &mut W, moved: &AtomicU64, activity: &Activity<'_>, from: Side, to: Side) -> Result<(), ConnError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -107,7 +129,12 @@ where
         let buffer: &mut [u8] = if large.is_empty() { &mut small } else { &mut large };
         let n = match reader.read(buffer).await {
             Ok(0) => break,
-            Ok(n) => n,
+            Ok(n) => {
+                // Only bytes make a connection active for overload: a relay that just
+                // started after a slow set-up is as idle as its client.
+                activity.moved.touch();
+                n
+            }
             // A TLS peer that closes without close_notify has still sent all it meant to.
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             // A reset after the other direction already closed is the peer's abortive

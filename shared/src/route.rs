@@ -67,6 +67,8 @@ pub struct DownstreamSsl {
     pub mode: SslMode,
     /// Server certificate and client verification, when offered.
     pub server: Option<Arc<ServerConfig>>,
+    /// The client verifier inside `server` (mutual mode), for [`crate::recheck`].
+    pub verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 }
 
 /// How a route originates TLS.
@@ -78,6 +80,9 @@ pub struct Origination {
     pub server_name: ServerName<'static>,
     /// An `{sni}` upstream: each connection sends and verifies its client's SNI instead.
     pub from_client: bool,
+    /// The server verifier inside `config`, to verify a live connection's server chain
+    /// again after a trust change ([`crate::recheck`]).
+    pub verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
 }
 
 impl Route {
@@ -94,6 +99,9 @@ pub struct TlsEntry {
     pub route: Arc<Route>,
     /// Certificate and client verification for this route's hosts.
     pub server: Arc<ServerConfig>,
+    /// The client verifier inside `server` (mutual mode), to verify a live
+    /// connection's chain again after a trust change ([`crate::recheck`]).
+    pub verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 }
 
 /// How one listener picks routes.
@@ -191,6 +199,12 @@ pub struct ListenerPlan {
     pub flush_interval: Option<Duration>,
     /// Where a PROXY protocol header is accepted from; `None`: not at all.
     pub proxy_trusted: Option<Vec<ipnet::IpNet>>,
+    /// Whether a trust change re-verifies the peers of this listener's open connections.
+    pub recheck_on_trust_change: bool,
+    /// Abuse limits.
+    pub limits: crate::config::Limits,
+    /// Whether idle connections may be shed under overload.
+    pub shed_idle_under_pressure: bool,
 }
 
 /// The whole routing state of a process: what a reload replaces.
@@ -280,14 +294,20 @@ fn build_route(b: &mut Builder<'_>, i: usize, r: &Spanned<RouteConfig>) -> Optio
                 None => Some(None),
             };
             // Built even when the key failed, so a bad CA is reported too.
-            let client = tls::client_config(key.clone().flatten(), tls).map_err(|e| b.fail(r.span(), field, e)).ok();
+            let client = tls::server_verifier(tls)
+                .and_then(|verifier| Ok((tls::client_config_with(key.clone().flatten(), tls, verifier.clone())?, verifier)))
+                .map_err(|e| b.fail(r.span(), field, e))
+                .ok();
             match (key, client) {
-                (Some(_), Some(config)) if route.hbone.is_some() => Some(Some(Origination {
+                (Some(_), Some((config, verifier))) if route.hbone.is_some() => Some(Some(Origination {
                     config: tls::with_alpn(&config, crate::hbone::ALPN_H2),
                     server_name: tls.sni.clone(),
                     from_client: tls.sni_from_client,
+                    verifier,
                 })),
-                (Some(_), Some(config)) => Some(Some(Origination { config, server_name: tls.sni.clone(), from_client: tls.sni_from_client })),
+                (Some(_), Some((config, verifier))) => {
+                    Some(Some(Origination { config, server_name: tls.sni.clone(), from_client: tls.sni_from_client, verifier }))
+                }
                 _ => None,
             }
         }
@@ -319,14 +339,15 @@ fn build_downstream_ssl(b: &mut Builder<'_>, i: usize, r: &Spanned<RouteConfig>)
     let mode = route.downstream_ssl_mode;
     let own = match (&route.downstream_tls, route.protocol, mode) {
         (Some(own), Protocol::Mysql | Protocol::Postgres, SslMode::Preferred | SslMode::Required) => own,
-        _ => return Some(DownstreamSsl { mode: SslMode::Disabled, server: None }),
+        _ => return Some(DownstreamSsl { mode: SslMode::Disabled, server: None, verifier: None }),
     };
     let tls_mode = own.mode.unwrap_or(if own.ca.is_some() { TlsMode::Mutual } else { TlsMode::Simple });
     let ca = if tls_mode == TlsMode::Mutual { own.ca.as_deref() } else { None };
     // Versions and suites of a database route are the defaults (validation refuses others).
-    let server = b.loaded.key(&own.credential).and_then(|key| tls::server_config(&TlsPolicy::default(), tls_mode, key, ca, own.ca_crl.as_deref()));
+    let trust = tls::ClientTrust { ca, trust_domains: None, crl: own.ca_crl.as_deref() };
+    let server = b.loaded.key(&own.credential).and_then(|key| tls::server_config(&TlsPolicy::default(), tls_mode, key, &trust));
     match server {
-        Ok(server) => Some(DownstreamSsl { mode, server: Some(server) }),
+        Ok(server) => Some(DownstreamSsl { mode, server: Some(server.config), verifier: server.verifier }),
         Err(e) => {
             b.fail(r.span(), format!("route[{i}] ({}).downstream_tls", route.name), e);
             None
@@ -358,6 +379,9 @@ fn build_listener(b: &mut Builder<'_>, i: usize, l: &Spanned<ListenerConfig>, ro
         keepalive: listener.tcp_keepalive,
         flush_interval: listener.access_log_flush_interval,
         proxy_trusted: listener.proxy_protocol.as_ref().map(|p| p.trusted.clone()),
+        recheck_on_trust_change: listener.recheck_on_trust_change,
+        limits: listener.limits.clone(),
+        shed_idle_under_pressure: listener.shed_idle_under_pressure,
     })
 }
 
@@ -374,15 +398,11 @@ fn build_tls_routing(
     let config = b.config;
     let listener = l.get_ref();
     let listener_field = format!("listener[{i}] ({}).tls", listener.name);
-    let server_config = |key, ca: Option<&std::path::Path>, crl: Option<&std::path::Path>| tls::server_config(&tls.policy, tls.mode, key, ca, crl);
+    let server_config = |key, trust: &tls::ClientTrust<'_>| tls::server_config(&tls.policy, tls.mode, key, trust);
+    let listener_trust = tls::ClientTrust { ca: tls.ca.as_deref(), trust_domains: Some(&tls.trust_domains), crl: tls.ca_crl.as_deref() };
     // The listener's own certificate serves every route that brings none.
     let shared = match &tls.credential {
-        Some(pair) => b
-            .loaded
-            .key(pair)
-            .and_then(|key| server_config(key, tls.ca.as_deref(), tls.ca_crl.as_deref()))
-            .map_err(|e| b.fail(l.span(), listener_field.clone(), e))
-            .ok(),
+        Some(pair) => b.loaded.key(pair).and_then(|key| server_config(key, &listener_trust)).map_err(|e| b.fail(l.span(), listener_field.clone(), e)).ok(),
         None => None,
     };
     let mut by_sni = HashMap::new();
@@ -397,9 +417,13 @@ fn build_tls_routing(
             (Some(own), _) => {
                 // Only an explicit `ca` replaces the listener's client CA: a Secret's
                 // ca.crt names the issuer of the *server* certificate (cert-manager).
-                let ca = own.ca.as_deref().or(tls.ca.as_deref());
+                // An own `ca` replaces the listener's trust (trust domains included).
                 let crl = own.ca_crl.as_deref().or(tls.ca_crl.as_deref());
-                match b.loaded.key(&own.credential).and_then(|key| server_config(key, ca, crl)) {
+                let trust = match own.ca.as_deref() {
+                    Some(ca) => tls::ClientTrust { ca: Some(ca), trust_domains: None, crl },
+                    None => tls::ClientTrust { crl, ..listener_trust },
+                };
+                match b.loaded.key(&own.credential).and_then(|key| server_config(key, &trust)) {
                     Ok(server) => server,
                     Err(e) => {
                         b.fail(r.span(), format!("route[{j}] ({}).downstream_tls", rc.name), e);
@@ -418,7 +442,7 @@ fn build_tls_routing(
         };
         // A route that failed to build has said why.
         let Some(route) = routes.get(rc.name.as_str()) else { continue };
-        let entry = TlsEntry { route: route.clone(), server };
+        let entry = TlsEntry { route: route.clone(), server: server.config, verifier: server.verifier };
         for host in rc.hosts.iter().map(|h| h.to_ascii_lowercase()) {
             if crate::config::sni::is_wildcard(&host) {
                 wildcards.push((host, entry.clone()));
@@ -470,7 +494,10 @@ fn build_hbone_routing(
     let server = b
         .loaded
         .key(pair)
-        .and_then(|key| tls::server_config(&tls.policy, tls.mode, key, tls.ca.as_deref(), tls.ca_crl.as_deref()))
+        .and_then(|key| {
+            let trust = tls::ClientTrust { ca: tls.ca.as_deref(), trust_domains: Some(&tls.trust_domains), crl: tls.ca_crl.as_deref() };
+            tls::server_config(&tls.policy, tls.mode, key, &trust)
+        })
         .map_err(|e| b.fail(l.span(), field, e))
         .ok()?;
     let mut by_host = HashMap::new();
@@ -484,7 +511,7 @@ fn build_hbone_routing(
             by_host.insert(host.to_ascii_lowercase(), route.clone());
         }
     }
-    Some(HboneRouting { by_host, server: tls::with_alpn(&server, crate::hbone::ALPN_H2) })
+    Some(HboneRouting { by_host, server: tls::with_alpn(&server.config, crate::hbone::ALPN_H2) })
 }
 
 #[cfg(test)]

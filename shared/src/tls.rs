@@ -6,6 +6,7 @@
 //! `mutual` mode demands a client certificate chaining to the listener's CA, and a client
 //! config checks the server's chain against the route's CA and the SNI name.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -13,6 +14,7 @@ use std::time::SystemTime;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SupportedCipherSuite};
@@ -22,6 +24,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use crate::authz::Pattern;
 use crate::config::{TlsMode, TlsPolicy, TlsVersion, UpstreamTls};
 use crate::identity::Identity;
+use crate::trust::{FederatedClientVerifier, FederatedServerVerifier};
 
 /// A credential or CA file that cannot be used, with the file and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -243,34 +246,77 @@ impl CredentialInfo {
     }
 }
 
+/// Who a terminating side trusts for client certificates: one CA bundle, or SPIFFE
+/// trust-domain federation ([`crate::trust`]) with `ca` for certificates without a
+/// SPIFFE ID; `crl` applies to every bundle.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientTrust<'a> {
+    /// The bundle for certificates without a SPIFFE ID (all certificates when
+    /// `trust_domains` is empty).
+    pub ca: Option<&'a Path>,
+    /// Trust domain -> the CA bundle its SPIFFE IDs must chain to.
+    pub trust_domains: Option<&'a BTreeMap<String, PathBuf>>,
+    /// Revocation lists.
+    pub crl: Option<&'a Path>,
+}
+
+impl ClientTrust<'_> {
+    /// Whether any client CA is configured.
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.trust_domains.is_some_and(|d| !d.is_empty())
+    }
+}
+
+/// A server config and the client verifier inside it, kept so a live connection's
+/// chain can be verified again after a reload changed the trust
+/// ([`crate::recheck`]).
+#[derive(Clone, Debug)]
+pub struct Terminating {
+    /// What the handshake runs with.
+    pub config: Arc<ServerConfig>,
+    /// The verifier of `config`; `None` when no client certificate is asked.
+    pub verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+/// The client verifier for `trust`: webpki over one bundle, or one per trust domain.
+pub fn client_verifier(trust: &ClientTrust<'_>, provider: &Arc<CryptoProvider>) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let crls = trust.crl.map(load_crls).transpose()?;
+    let webpki = |ca: &Path| {
+        let mut verifier = WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider.clone());
+        if let Some(crls) = &crls {
+            // Like Envoy: the leaf's issuer must have a CRL in the file.
+            verifier = verifier.with_crls(crls.clone()).only_check_end_entity_revocation();
+        }
+        verifier.build().map_err(|e| file_error(ca, format!("cannot verify clients with this CA bundle: {e}")))
+    };
+    match trust.trust_domains.filter(|d| !d.is_empty()) {
+        None => webpki(trust.ca.ok_or_else(|| file_error(Path::new("<config>"), "mutual TLS needs a client CA"))?),
+        Some(domains) => {
+            let by_domain = domains.iter().map(|(domain, ca)| Ok((domain.clone(), webpki(ca)?))).collect::<Result<_, TlsError>>()?;
+            let other = trust.ca.map(webpki).transpose()?;
+            Ok(Arc::new(FederatedClientVerifier::new(by_domain, other)))
+        }
+    }
+}
+
 /// Builds the configuration a TLS listener uses for one route's hosts: `policy` and
-/// `mode` are the listener's; in `mutual` mode `client_ca` (and `crl`) verify clients.
-pub fn server_config(
-    policy: &TlsPolicy,
-    mode: TlsMode,
-    key: Arc<CertifiedKey>,
-    client_ca: Option<&Path>,
-    crl: Option<&Path>,
-) -> Result<Arc<ServerConfig>, TlsError> {
+/// `mode` are the listener's; in `mutual` mode `trust` verifies clients.
+pub fn server_config(policy: &TlsPolicy, mode: TlsMode, key: Arc<CertifiedKey>, trust: &ClientTrust<'_>) -> Result<Terminating, TlsError> {
     let (provider, versions) = self::policy(policy);
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|source| TlsError::Rustls { context: "server protocol versions".into(), source })?;
-    let builder = match (mode, client_ca) {
-        (TlsMode::Mutual, Some(ca)) => {
-            let mut verifier = WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider);
-            if let Some(crl) = crl {
-                // Like Envoy: the leaf's issuer must have a CRL in the file.
-                verifier = verifier.with_crls(load_crls(crl)?).only_check_end_entity_revocation();
-            }
-            let verifier = verifier.build().map_err(|e| file_error(ca, format!("cannot verify clients with this CA bundle: {e}")))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+    let verifier = match mode {
         // Never fall back to no client authentication when mutual TLS was asked for.
-        (TlsMode::Mutual, None) => return Err(file_error(Path::new("<config>"), "mutual TLS needs a client CA")),
-        _ => builder.with_no_client_auth(),
+        TlsMode::Mutual if !trust.is_set() => return Err(file_error(Path::new("<config>"), "mutual TLS needs a client CA")),
+        TlsMode::Mutual => Some(client_verifier(trust, &provider)?),
+        _ => None,
     };
-    Ok(Arc::new(builder.with_cert_resolver(Arc::new(Fixed(key)))))
+    let builder = match &verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier.clone()),
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Terminating { config: Arc::new(builder.with_cert_resolver(Arc::new(Fixed(key)))), verifier })
 }
 
 /// A server config that can only refuse: its resolver has no certificate, so rustls
@@ -291,13 +337,24 @@ pub fn client_config(client_key: Option<Arc<CertifiedKey>>, tls: &UpstreamTls) -
     client_config_with(client_key, tls, server_verifier(tls)?)
 }
 
-/// The verifier origination uses for `tls`: webpki against the route's CA, with secure
+/// The verifier origination uses for `tls`: webpki against the route's CA (or, with
+/// `trust_domains`, against the bundle of the server's trust domain), with secure
 /// naming when `subject_alt_names` is set.
 pub fn server_verifier(tls: &UpstreamTls) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
     let (provider, _) = policy(&tls.policy);
-    let inner = WebPkiServerVerifier::builder_with_provider(load_roots(&tls.ca)?, provider)
-        .build()
-        .map_err(|e| file_error(&tls.ca, format!("cannot verify servers with this CA bundle: {e}")))?;
+    let webpki = |ca: &Path| -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+        let verifier = WebPkiServerVerifier::builder_with_provider(load_roots(ca)?, provider.clone())
+            .build()
+            .map_err(|e| file_error(ca, format!("cannot verify servers with this CA bundle: {e}")))?;
+        Ok(verifier)
+    };
+    let inner = if tls.trust_domains.is_empty() {
+        webpki(tls.ca.as_deref().ok_or_else(|| file_error(Path::new("<config>"), "origination needs a CA"))?)?
+    } else {
+        let by_domain = tls.trust_domains.iter().map(|(domain, ca)| Ok((domain.clone(), webpki(ca)?))).collect::<Result<_, TlsError>>()?;
+        let other = tls.ca.as_deref().map(webpki).transpose()?;
+        Arc::new(FederatedServerVerifier::new(by_domain, other))
+    };
     Ok(match &tls.subject_alt_names {
         None => inner,
         Some(names) => Arc::new(NamedServerVerifier { inner, names: names.clone(), verify_hostname: tls.verify_hostname }),
@@ -376,7 +433,7 @@ impl ResolvesClientCert for Fixed {
 /// certificates without a DNS SAN work.
 #[derive(Debug)]
 struct NamedServerVerifier {
-    inner: Arc<WebPkiServerVerifier>,
+    inner: Arc<dyn ServerCertVerifier>,
     names: Vec<Pattern>,
     verify_hostname: bool,
 }

@@ -43,6 +43,9 @@ pub struct Dialer<'a> {
     /// The PROXY protocol header to write first on every upstream connection (the
     /// route's `send_proxy_protocol`), if any.
     pub proxy_header: Option<&'a [u8]>,
+    /// The listener's CancelRequest limit for this client's address (PostgreSQL), if
+    /// the listener has limits.
+    pub cancels: Option<crate::limits::CancelGate<'a>>,
 }
 
 impl Dialer<'_> {
@@ -175,7 +178,7 @@ outlier_detection = {{ consecutive_failures = 2, max_ejection_percent = 50 }}
         let table = RouteTable::build_with(&config, &registry).unwrap();
         let Routing::Plain(route) = &table.listener("p").unwrap().routing else { panic!("plain") };
         let resolver = Resolver::new(&crate::config::ResolverSettings::default()).unwrap();
-        let dial = Dialer { route, resolver: &resolver, sni: None, proxy_header: None };
+        let dial = Dialer { route, resolver: &resolver, sni: None, proxy_header: None, cancels: None };
         for _ in 0..3 {
             let (_tcp, addr) = dial.tcp().await.unwrap();
             assert_eq!(addr, live.local_addr().unwrap());

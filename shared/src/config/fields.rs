@@ -11,7 +11,8 @@ use serde::de::{self, DeserializeOwned, Visitor};
 use toml::de::{DeTable, DeValue};
 
 use super::schema::{
-    AdminSettings, HealthSettings, MetricsSettings, ProcessSettings, RawListener, RawRoute, RawTls, ResolverSettings, TcpKeepalive, TelemetrySettings,
+    AdminSettings, HealthSettings, MetricsSettings, ProcessSettings, RawLimits, RawListener, RawRoute, RawTls, ResolverSettings, TcpKeepalive,
+    TelemetrySettings,
 };
 
 /// Top-level keys: the sections of the file.
@@ -29,6 +30,7 @@ enum Table {
     Outlier,
     HealthCheck,
     ProxyProtocol,
+    Limits,
     Resolver,
     Process,
     Admin,
@@ -50,6 +52,7 @@ impl Table {
             Table::Outlier => fields_of::<super::endpoints::OutlierDetection>(),
             Table::HealthCheck => fields_of::<super::endpoints::HealthCheck>(),
             Table::ProxyProtocol => fields_of::<super::proxy::RawProxyProtocol>(),
+            Table::Limits => fields_of::<RawLimits>(),
             Table::Resolver => fields_of::<ResolverSettings>(),
             Table::Process => fields_of::<ProcessSettings>(),
             Table::Admin => fields_of::<AdminSettings>(),
@@ -76,6 +79,7 @@ impl Table {
             (Table::Route, "outlier_detection") => Table::Outlier,
             (Table::Route, "health_check") => Table::HealthCheck,
             (Table::Listener, "proxy_protocol") => Table::ProxyProtocol,
+            (Table::Listener, "limits") => Table::Limits,
             _ => return None,
         })
     }

@@ -33,7 +33,7 @@ use serde_spanned::Spanned;
 use toml::de::{DeTable, DeValue};
 
 pub use endpoints::{Endpoint, HealthCheck, HealthCheckKind, OutlierDetection};
-pub use model::{CertKey, DownstreamTls, HboneRoute, ListenerConfig, ListenerKind, ListenerTls, RouteConfig, TlsPolicy, UpstreamTls};
+pub use model::{CertKey, DownstreamTls, HboneRoute, Limits, ListenerConfig, ListenerKind, ListenerTls, Rate, RouteConfig, TlsPolicy, UpstreamTls};
 pub use proxy::{ProxyProtocol, ProxyVersion};
 pub use schema::{
     AdminSettings, HealthSettings, MetricsSettings, PeerAuth, ProcessSettings, Protocol, ResolverSettings, SslMode, TcpKeepalive, TelemetrySettings, TlsMode,
@@ -267,11 +267,11 @@ impl Config {
         let mut files = vec![self.path.clone()];
         let pair = |c: &CertKey| [c.cert.clone(), c.key.clone()];
         for l in self.listeners.iter().filter_map(|l| l.get_ref().tls()) {
-            files.extend(l.credential.iter().flat_map(pair).chain(l.ca.clone()).chain(l.ca_crl.clone()));
+            files.extend(l.credential.iter().flat_map(pair).chain(l.ca.clone()).chain(l.ca_crl.clone()).chain(l.trust_domains.values().cloned()));
         }
         for r in self.routes.iter().map(|r| r.get_ref()) {
             if let Some(up) = &r.upstream_tls {
-                files.extend(up.client.iter().flat_map(pair).chain([up.ca.clone()]));
+                files.extend(up.client.iter().flat_map(pair).chain(up.ca.clone()).chain(up.trust_domains.values().cloned()));
             }
             if let Some(down) = &r.downstream_tls {
                 files.extend(pair(&down.credential).into_iter().chain(down.ca.clone()).chain(down.ca_crl.clone()));

@@ -6,6 +6,7 @@
 //! means "not configured", never "validated to be present". The serde `Serialize` is the
 //! effective configuration shown at `/config_dump` (`dir` expanded into file paths).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,6 +54,38 @@ pub struct ListenerConfig {
     /// `hbone` at a mutual-TLS listener that serves HTTP/2 `CONNECT` streams routed by
     /// `:authority`; `direct` everywhere else.
     pub transport: Transport,
+    /// Whether a reload that changes this listener's trust (CA bundle, trust domains,
+    /// CRL) verifies its open connections' client chains again, closing those that fail.
+    pub recheck_on_trust_change: bool,
+    /// Whether idle connections of this listener may be shed under overload.
+    pub shed_idle_under_pressure: bool,
+    /// Abuse limits (defaults applied).
+    pub limits: Limits,
+}
+
+/// A token bucket's settings: `per_second` tokens refill, up to `burst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Rate {
+    /// Sustained rate.
+    pub per_second: u32,
+    /// Most taken at once after a quiet spell.
+    pub burst: u32,
+}
+
+/// A listener's abuse limits, checked: `None` is unlimited.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// New connections per source address.
+    pub per_source: Option<Rate>,
+    /// Connections open at once per source address.
+    pub concurrent_per_source: Option<u32>,
+    /// New connections per client identity (after the TLS handshake).
+    pub per_identity: Option<Rate>,
+    /// Connections open at once per client identity.
+    pub concurrent_per_identity: Option<u32>,
+    /// PostgreSQL CancelRequests per source address (always limited: each one is a
+    /// guess at a cancel key).
+    pub cancels_per_source: Rate,
 }
 
 /// What a listener does with a connection.
@@ -110,8 +143,13 @@ pub struct ListenerTls {
     /// The certificate presented for routes that bring no `downstream_tls`.
     #[serde(flatten)]
     pub credential: Option<CertKey>,
-    /// CA bundle that verifies client certificates; present in `mutual` mode.
+    /// CA bundle that verifies client certificates (with `trust_domains`, those
+    /// without a SPIFFE ID); in `mutual` mode this or `trust_domains` is present.
     pub ca: Option<PathBuf>,
+    /// SPIFFE federation: trust domain -> CA bundle for client certificates whose
+    /// SPIFFE ID names it ([`crate::trust`]); empty: `ca` verifies every client.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub trust_domains: BTreeMap<String, PathBuf>,
     /// Revocation lists checked against client certificates.
     pub ca_crl: Option<PathBuf>,
     /// Versions and suites.
@@ -128,8 +166,13 @@ pub struct UpstreamTls {
     /// Client certificate presented upstream; set exactly in `mutual` mode.
     #[serde(flatten)]
     pub client: Option<CertKey>,
-    /// CA bundle that verifies the server.
-    pub ca: PathBuf,
+    /// CA bundle that verifies the server (with `trust_domains`, a server certificate
+    /// without a SPIFFE ID); always present without `trust_domains`.
+    pub ca: Option<PathBuf>,
+    /// SPIFFE federation: trust domain -> CA bundle for server certificates whose
+    /// SPIFFE ID names it ([`crate::trust`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub trust_domains: BTreeMap<String, PathBuf>,
     /// SNI sent and, unless `subject_alt_names` replace it, the name verified
     /// (default: the upstream host).
     #[serde(serialize_with = "values::server_name")]

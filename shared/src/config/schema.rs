@@ -56,6 +56,36 @@ pub struct RawListener {
     /// per TLS handshake, routed by SNI.
     #[serde(default)]
     pub transport: Transport,
+    /// After a reload that changed a CA bundle, trust domain or CRL, verify the peers of
+    /// this listener's open connections again (the client's chain, and the server's on
+    /// origination) and close those that no longer verify (default true).
+    pub recheck_on_trust_change: Option<bool>,
+    /// Whether this listener's idle connections may be shed under overload, idlest
+    /// first ([`crate::overload`]; default true). False makes `max_connections` a hard
+    /// cap: beyond it new connections are closed, whatever is idle.
+    pub shed_idle_under_pressure: Option<bool>,
+    /// Abuse limits: connection rates and concurrent connections per source address
+    /// and per client identity, and PostgreSQL CancelRequests per source.
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// A listener's `limits` as written; every rate is per second, and absent means
+/// unlimited except CancelRequests.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLimits {
+    /// New connections per second from one source address.
+    pub connections_per_second_per_source: Option<u32>,
+    /// Connections one source (or identity) may open at once above its rate.
+    pub burst: Option<u32>,
+    /// Connections open at once from one source address.
+    pub concurrent_per_source: Option<u32>,
+    /// New connections per second presenting one client identity (TLS listeners).
+    pub connections_per_second_per_identity: Option<u32>,
+    /// Connections open at once presenting one client identity (TLS listeners).
+    pub concurrent_per_identity: Option<u32>,
+    /// PostgreSQL CancelRequests per second from one source address (default 10).
+    pub cancel_requests_per_second_per_source: Option<u32>,
 }
 
 /// One `[[route]]` as written.
@@ -138,8 +168,12 @@ pub struct RawTls {
     /// Kubernetes pod certificate (`credentialBundlePath`) or cert-manager's
     /// csi-driver-spiffe writes it; read in one go, so key and chain always match.
     pub bundle: Option<PathBuf>,
-    /// CA bundle to verify the peer (PEM).
+    /// CA bundle to verify the peer (PEM). With `trust_domains`: the bundle for peer
+    /// certificates without a SPIFFE ID.
     pub ca: Option<PathBuf>,
+    /// SPIFFE trust-domain federation: trust domain -> the CA bundle (PEM) that peer
+    /// certificates whose SPIFFE ID names that domain must chain to.
+    pub trust_domains: Option<std::collections::BTreeMap<String, PathBuf>>,
     /// SNI and verified name on origination.
     pub sni: Option<String>,
     /// Lowest TLS version accepted.

@@ -40,7 +40,7 @@ fn egress_reference_parses_with_role_defaults() {
     assert_eq!(c.listeners[0].get_ref().address, "0.0.0.0:15443".parse::<SocketAddr>().unwrap());
     let up = c.routes[0].get_ref().upstream_tls.as_ref().unwrap();
     assert_eq!(up.client.as_ref().map(|c| c.key.clone()), Some(PathBuf::from("/certs/client/tls.key")));
-    assert_eq!(up.ca, PathBuf::from("/certs/client/ca.crt"));
+    assert_eq!(up.ca, Some(PathBuf::from("/certs/client/ca.crt")));
     assert_eq!(c.routes[0].get_ref().connect_timeout, Duration::from_secs(10));
 }
 
@@ -451,6 +451,61 @@ fn sni_upstreams_need_wildcard_hosts_at_tls_listeners_only() {
 }
 
 #[test]
+fn trust_domains_are_parsed_and_checked() {
+    let federated = r#"
+[[listener]]
+name = "mesh"
+tls = { mode = "mutual", cert = "/c/tls.crt", key = "/c/tls.key", trust_domains = { "a.example" = "/certs/a/ca.crt", "b.example" = "/certs/b/ca.crt" } }
+recheck_on_trust_change = false
+
+[[route]]
+name = "db"
+hosts = ["db.example.com"]
+upstream = "db.example.com:13306"
+upstream_tls = { mode = "mutual", cert = "/c/tls.crt", key = "/c/tls.key", trust_domains = { "b.example" = "/certs/b/ca.crt" }, subject_alt_names = ["spiffe://b.example/ns/db/sa/ingress"] }
+"#;
+    let c = parse(Role::Egress, federated).unwrap();
+    let listener = c.listeners[0].get_ref();
+    let tls = listener.tls().unwrap();
+    assert_eq!(tls.ca, None);
+    assert_eq!(tls.trust_domains.keys().collect::<Vec<_>>(), ["a.example", "b.example"]);
+    assert!(!listener.recheck_on_trust_change);
+    let up = c.routes[0].get_ref().upstream_tls.as_ref().unwrap();
+    assert_eq!((up.ca.clone(), up.trust_domains.len()), (None, 1));
+    assert!(c.watched_files().contains(&PathBuf::from("/certs/a/ca.crt")));
+    assert!(parse(Role::Egress, EGRESS).unwrap().listeners[0].get_ref().recheck_on_trust_change, "on by default");
+
+    let bad = r#"
+[[listener]]
+name = "mesh"
+tls = { mode = "mutual", cert = "/c/tls.crt", key = "/c/tls.key", trust_domains = { "spiffe://a.example" = "/a.crt", "A.example" = "/a.crt" } }
+
+[[listener]]
+name = "simple"
+address = "127.0.0.1:15444"
+tls = { mode = "simple", cert = "/c/tls.crt", key = "/c/tls.key", trust_domains = { "a.example" = "/a.crt" } }
+
+[[route]]
+name = "db"
+hosts = ["db.example.com"]
+upstream = "db.example.com:13306"
+upstream_tls = { mode = "mutual", cert = "/c/tls.crt", key = "/c/tls.key", trust_domains = {} }
+downstream_tls = { cert = "/c/tls.crt", key = "/c/tls.key", trust_domains = { "a.example" = "/a.crt" } }
+"#;
+    let found = findings(Role::Egress, bad).join("\n");
+    for needle in [
+        "listener[0] (mesh).tls.trust_domains: \"spiffe://a.example\" is not a SPIFFE trust domain name: a trust domain name has no scheme",
+        "listener[0] (mesh).tls.trust_domains: \"A.example\" is not a SPIFFE trust domain name: the trust domain must be lowercase",
+        "listener[1] (simple).tls.trust_domains: mode \"simple\" asks no client certificate",
+        "route[0] (db).upstream_tls.trust_domains: empty",
+        "route[0] (db).downstream_tls.trust_domains: client trust is the listener's",
+        "test.toml:",
+    ] {
+        assert!(found.contains(needle), "{needle:?} not in:\n{found}");
+    }
+}
+
+#[test]
 fn proxy_protocol_and_source_ranges_are_checked_ranges() {
     let text = EGRESS
         .replace("route = \"mysql\"", "route = \"mysql\"\nproxy_protocol = { trusted = [\"127.0.0.0/8\", \"::1\"] }")
@@ -469,4 +524,29 @@ fn proxy_protocol_and_source_ranges_are_checked_ranges() {
     assert!(found.iter().any(|f| f.contains("route[0] (mysql).send_proxy_protocol: unknown variant `v3`")), "{found:?}");
     let empty = text.replace("trusted = [\"127.0.0.0/8\", \"::1\"]", "trusted = []");
     assert!(findings(Role::Egress, &empty)[0].contains("proxy_protocol.trusted: empty"));
+}
+
+#[test]
+fn limits_are_checked_and_defaulted() {
+    let with_limits =
+        EGRESS.replace("route = \"mysql\"\n", "route = \"mysql\"\nlimits = { connections_per_second_per_source = 50, concurrent_per_source = 200 }\n");
+    let c = parse(Role::Egress, &with_limits).unwrap();
+    let limits = &c.listeners[1].get_ref().limits;
+    assert_eq!(limits.per_source, Some(model::Rate { per_second: 50, burst: 100 }), "burst defaults to twice the rate");
+    assert_eq!(limits.concurrent_per_source, Some(200));
+    assert_eq!(limits.cancels_per_source, model::Rate { per_second: 10, burst: 20 }, "CancelRequests are limited by default");
+    assert_eq!(c.listeners[0].get_ref().limits.per_source, None, "no connection limit by default");
+
+    let bad = EGRESS.replace("route = \"mysql\"\n", "route = \"mysql\"\nlimits = { burst = 5, concurrent_per_source = 0, concurrent_per_identity = 3 }\n");
+    let found = findings(Role::Egress, &bad).join("\n");
+    for needle in [
+        "listener[1] (mysql).limits.concurrent_per_source: must be at least 1",
+        "listener[1] (mysql).limits.burst: a burst belongs to a rate",
+        "listener[1] (mysql).limits: identity limits need client certificates",
+    ] {
+        assert!(found.contains(needle), "{needle:?} not in:\n{found}");
+    }
+    let unknown = EGRESS.replace("route = \"mysql\"\n", "route = \"mysql\"\nlimits = { per_source = 1 }\n");
+    let found = findings(Role::Egress, &unknown).join("\n");
+    assert!(found.contains("limits.per_source: unknown field") && found.contains("connections_per_second_per_source"), "{found}");
 }

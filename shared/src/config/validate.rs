@@ -6,16 +6,17 @@
 //! turned into its checked type only when none of its checks failed, so a checked value
 //! never stands on a guess.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 use serde_spanned::Spanned;
 
 use super::fields::did_you_mean;
-use super::model::{CertKey, DownstreamTls, HboneRoute, ListenerConfig, ListenerKind, ListenerTls, RouteConfig, TlsPolicy, UpstreamTls};
+use super::model::{CertKey, DownstreamTls, HboneRoute, Limits, ListenerConfig, ListenerKind, ListenerTls, Rate, RouteConfig, TlsPolicy, UpstreamTls};
 use super::schema::{CredentialPaths, PeerAuth, Protocol, RawListener, RawRoute, RawTls, SslMode, TcpKeepalive, TlsMode, Transport};
 use super::values::{listen_address, san_pattern, CipherSuite, HostPort};
 use super::{Report, Role};
@@ -171,6 +172,7 @@ impl Validator<'_> {
                 super::proxy::ranges(&p.trusted, "proxy_protocol.trusted", |f, m| at.add(f, m)).map(|trusted| Some(super::proxy::ProxyProtocol { trusted }))
             }
         };
+        let limits = limits(raw, &mut at);
         let kind = match &raw.tls {
             None => self.plain(raw, &mut at),
             Some(tls) => self.terminating(raw, tls, &mut at),
@@ -191,6 +193,9 @@ impl Validator<'_> {
             permissive_detection_window,
             proxy_protocol: proxy_protocol?,
             transport: raw.transport,
+            recheck_on_trust_change: raw.recheck_on_trust_change.unwrap_or(true),
+            shed_idle_under_pressure: raw.shed_idle_under_pressure.unwrap_or(true),
+            limits: limits?,
         })
     }
 
@@ -337,8 +342,12 @@ impl Validator<'_> {
                 at.add("tls.mode", format!("route {:?} has an `allow` list, but mode \"simple\" asks no client certificate: use \"mutual\"", r.name));
             }
         }
-        if mode == Some(TlsMode::Mutual) && p.ca.is_none() {
-            at.add("tls.ca", "mode \"mutual\" verifies client certificates: give `ca` (or `dir` holding ca.crt)");
+        let trust_domains = trust_domains(tls, "tls", at);
+        if mode == Some(TlsMode::Mutual) && p.ca.is_none() && tls.trust_domains.is_none() {
+            at.add("tls.ca", "mode \"mutual\" verifies client certificates: give `ca` (or `dir` holding ca.crt, or `trust_domains`)");
+        }
+        if mode == Some(TlsMode::Simple) && tls.trust_domains.is_some() {
+            at.add("tls.trust_domains", "mode \"simple\" asks no client certificate: use \"mutual\", or remove trust_domains");
         }
         if p.cert.is_none() && p.key.is_none() {
             for r in served.iter().filter(|r| r.downstream_tls.is_none()) {
@@ -351,7 +360,7 @@ impl Validator<'_> {
                 );
             }
         }
-        let tls = ListenerTls { mode: mode?, credential, ca: p.ca, ca_crl: tls.ca_crl.clone(), policy: policy? };
+        let tls = ListenerTls { mode: mode?, credential, ca: p.ca, trust_domains: trust_domains?, ca_crl: tls.ca_crl.clone(), policy: policy? };
         Some(ListenerKind::Tls { tls, default_route: raw.default_route.clone() })
     }
 
@@ -480,7 +489,11 @@ impl Validator<'_> {
                 return None;
             }
             Some(TlsMode::Disable) => {
-                let tls_settings = tls.sni.is_some() || tls.subject_alt_names.is_some() || tls.cipher_suites.is_some() || tls.min_version.is_some();
+                let tls_settings = tls.sni.is_some()
+                    || tls.subject_alt_names.is_some()
+                    || tls.cipher_suites.is_some()
+                    || tls.min_version.is_some()
+                    || tls.trust_domains.is_some();
                 if p != CredentialPaths::default() || tls_settings {
                     at.add("upstream_tls", "mode \"disable\" sends plaintext: remove the credential and TLS fields or pick \"simple\"/\"mutual\"");
                 }
@@ -488,8 +501,9 @@ impl Validator<'_> {
             }
             Some(mode) => mode,
         };
-        if p.ca.is_none() {
-            at.add("upstream_tls.ca", "origination verifies the server: give `ca` (or `dir` holding ca.crt)");
+        let trust_domains = trust_domains(tls, "upstream_tls", at);
+        if p.ca.is_none() && tls.trust_domains.is_none() {
+            at.add("upstream_tls.ca", "origination verifies the server: give `ca` (or `dir` holding ca.crt, or `trust_domains`)");
         }
         let client = match (mode, cert_key(&p)) {
             (TlsMode::Mutual, None) => {
@@ -510,7 +524,8 @@ impl Validator<'_> {
         Some(Some(UpstreamTls {
             mode,
             client,
-            ca: p.ca?,
+            ca: p.ca,
+            trust_domains: trust_domains?,
             sni: sni?,
             subject_alt_names: subject_alt_names?,
             verify_hostname: tls.verify_hostname.unwrap_or(false),
@@ -599,6 +614,9 @@ fn downstream_tls(raw: &RawRoute, at: &mut At<'_, '_>) -> Option<Option<Downstre
         at.add("downstream_tls", "only credential fields (dir, cert, key, ca) belong here; the listener's tls.mode applies");
     }
     bundle_alone(tls, "downstream_tls", at);
+    if tls.trust_domains.is_some() {
+        at.add("downstream_tls.trust_domains", "client trust is the listener's: set trust_domains in the listener's tls");
+    }
     let p = tls.paths();
     if database && tls.mode == Some(TlsMode::Disable) {
         at.add("downstream_tls.mode", "use downstream_ssl_mode = \"disabled\" to serve database clients in plaintext");
@@ -705,6 +723,66 @@ fn unique_names<'r>(report: &mut Report<'_>, kind: &str, names: impl Iterator<It
 
 /// A `bundle` holds the key and the chain: a `cert` or `key` beside it would be a
 /// second, possibly different, credential.
+/// Default PostgreSQL CancelRequests per second per source address: far above what
+/// real clients send (one per cancelled query), far below a key-guessing loop.
+const DEFAULT_CANCELS_PER_SECOND: u32 = 10;
+
+/// A listener's `limits`, checked, defaults applied.
+fn limits(raw: &RawListener, at: &mut At<'_, '_>) -> Option<Limits> {
+    let l = &raw.limits;
+    let mut clean = true;
+    for (field, value) in [
+        ("connections_per_second_per_source", l.connections_per_second_per_source),
+        ("burst", l.burst),
+        ("concurrent_per_source", l.concurrent_per_source),
+        ("connections_per_second_per_identity", l.connections_per_second_per_identity),
+        ("concurrent_per_identity", l.concurrent_per_identity),
+        ("cancel_requests_per_second_per_source", l.cancel_requests_per_second_per_source),
+    ] {
+        if value == Some(0) {
+            at.add(&format!("limits.{field}"), "must be at least 1 (remove it for no limit)");
+            clean = false;
+        }
+    }
+    let rates = [l.connections_per_second_per_source, l.connections_per_second_per_identity];
+    if l.burst.is_some() && rates.iter().all(Option::is_none) {
+        at.add("limits.burst", "a burst belongs to a rate: set connections_per_second_per_source or connections_per_second_per_identity");
+        clean = false;
+    }
+    if raw.tls.is_none() && (l.connections_per_second_per_identity.is_some() || l.concurrent_per_identity.is_some()) {
+        at.add("limits", "identity limits need client certificates: a plain listener has no identity to count (use the per_source limits)");
+        clean = false;
+    }
+    // Without `burst`, twice the rate: a client reconnecting a pool at once is not a flood.
+    let rate = |per_second: Option<u32>| per_second.map(|per_second| Rate { per_second, burst: l.burst.unwrap_or(per_second.saturating_mul(2)).max(1) });
+    let cancels = l.cancel_requests_per_second_per_source.unwrap_or(DEFAULT_CANCELS_PER_SECOND);
+    clean.then(|| Limits {
+        per_source: rate(l.connections_per_second_per_source),
+        concurrent_per_source: l.concurrent_per_source,
+        per_identity: rate(l.connections_per_second_per_identity),
+        concurrent_per_identity: l.concurrent_per_identity,
+        cancels_per_source: Rate { per_second: cancels, burst: cancels.saturating_mul(2) },
+    })
+}
+
+/// `trust_domains` with every name checked as a SPIFFE trust domain; empty when absent.
+fn trust_domains(tls: &RawTls, field: &str, at: &mut At<'_, '_>) -> Option<BTreeMap<String, PathBuf>> {
+    let Some(domains) = &tls.trust_domains else { return Some(BTreeMap::new()) };
+    let field = format!("{field}.trust_domains");
+    if domains.is_empty() {
+        at.add(&field, "empty: map at least one trust domain to its CA bundle, e.g. { \"a.example\" = \"/certs/a/ca.crt\" }, or remove it");
+        return None;
+    }
+    let mut clean = true;
+    for name in domains.keys() {
+        if let Err(reason) = crate::trust::check_trust_domain_name(name) {
+            at.add(&field, format!("{name:?} is not a SPIFFE trust domain name: {reason}"));
+            clean = false;
+        }
+    }
+    clean.then(|| domains.clone())
+}
+
 fn bundle_alone(tls: &RawTls, field: &str, at: &mut At<'_, '_>) {
     if tls.bundle.is_some() && (tls.cert.is_some() || tls.key.is_some()) {
         at.add(&format!("{field}.bundle"), "a bundle already holds the key and the chain: give either `bundle` or `cert` and `key`");

@@ -101,7 +101,7 @@ async fn serve_stream(connect: Connect, shared: &Shared, record: &mut Connection
         return Err(ConnError::SourceDenied { client: record.downstream.ip(), route: route.name.clone() });
     }
     let proxy_header = super::proxy_header(&route, record, shared.local)?;
-    let dial = Dialer { route: &route, resolver: &shared.context.resolver, sni: None, proxy_header: proxy_header.as_deref() };
+    let dial = Dialer { route: &route, resolver: &shared.context.resolver, sni: None, proxy_header: proxy_header.as_deref(), cancels: None };
     let connecting = Instant::now();
     let (upstream, address) = match Box::pin(dial.connect()).await {
         Ok(connected) => connected,

@@ -240,6 +240,10 @@ struct Gateway {
     watched_files: Vec<PathBuf>,
     /// Contents digest of the files the running state was built from.
     inputs: u64,
+    /// Contents digest of the trust files (CAs, trust domains, CRLs) of the running
+    /// state; `None` before the first apply. A reload that changes it re-checks live
+    /// connections.
+    trust: Option<u64>,
     /// Latest reload outcome.
     status: Option<ReloadStatus>,
     /// What the admin port shows.
@@ -294,6 +298,9 @@ impl Gateway {
                 force_close: CancellationToken::new(),
                 draining: stop_accepting.clone(),
                 drain_timeout: ArcSwap::from_pointee(config.process.drain_timeout),
+                live: Arc::default(),
+                limits: crate::limits::Limiters::default(),
+                overload: Arc::default(),
             }),
             listeners: BTreeMap::new(),
             bound_addresses: Arc::default(),
@@ -302,6 +309,7 @@ impl Gateway {
             watcher,
             watched_files: Vec::new(),
             inputs: 0,
+            trust: None,
             status: None,
             admin: Arc::new(AdminState::new(metrics, options.log.clone())),
             endpoints: endpoints.clone(),

@@ -69,13 +69,19 @@ impl Gateway {
             if let Some(bound) = self.listeners.get(&plan.name) {
                 bound.limit.set(plan.max_connections);
             }
+            self.context.limits.configure(&plan.name, &plan.limits);
         }
+        self.context.limits.retain(&table.listeners.iter().map(|p| p.name.as_str()).collect::<Vec<_>>());
         let wanted: Vec<(String, SocketAddr)> = table.listeners.iter().map(|p| (p.name.clone(), p.address)).collect();
         let table = Arc::new(table);
         self.context.table.store(table.clone());
         self.health.restart(&table, &self.context.resolver);
         let in_force = config.routes.iter().map(|r| r.get_ref()).map(|r| (r.name.as_str(), r.endpoints.iter().map(|e| e.address.to_string()).collect()));
         self.endpoints.retain(&in_force.collect());
+        let trust = crate::recheck::trust_fingerprint(&config);
+        if self.trust.replace(trust).is_some_and(|before| before != trust) {
+            self.recheck_live_connections(table).await;
+        }
         self.listeners.retain(|name, bound| {
             let keep = wanted.iter().any(|(n, a)| n == name && *a == bound.configured);
             if !keep {
@@ -102,6 +108,24 @@ impl Gateway {
         Ok(())
     }
 
+    /// The trust changed: verifies every open TLS connection's peer again under the new
+    /// table, closing (and counting) those that no longer verify.
+    async fn recheck_live_connections(&self, table: Arc<RouteTable>) {
+        let live = self.context.live.clone();
+        let open = live.len();
+        let closed = match tokio::task::spawn_blocking(move || live.recheck(&table)).await {
+            Ok(closed) => closed,
+            Err(e) => {
+                tracing::error!(error = %e, "re-checking open connections after the trust change failed");
+                return;
+            }
+        };
+        for c in &closed {
+            self.context.recorder.metrics.trust_change_closed.add(&crate::metrics::ListenerLabels { listener: c.listener.to_string() }, 1);
+        }
+        tracing::info!(open, closed = closed.len(), "trust changed: open TLS connections re-verified under the new CA bundles and CRLs");
+    }
+
     fn spawn_accept_loop(&self, plan: &ListenerPlan, socket: TcpListener, address: SocketAddr) -> Bound {
         let kind = match &plan.routing {
             Routing::Plain(route) => format!("plain -> route {}", route.name),
@@ -109,6 +133,9 @@ impl Gateway {
             Routing::Hbone(h) => format!("hbone, {} authority hosts", h.by_host.len()),
         };
         tracing::info!(listener = %plan.name, %address, %kind, max_connections = plan.max_connections, "listening");
+        if !plan.recheck_on_trust_change {
+            tracing::info!(listener = %plan.name, "recheck_on_trust_change = false: after a trust change, open connections keep the trust they were accepted under");
+        }
         let stop = self.stop_accepting.child_token();
         let limit = Arc::new(ConnectionLimit::new(plan.max_connections));
         let accept = AcceptLoop {
@@ -118,6 +145,7 @@ impl Gateway {
             limit: limit.clone(),
             stop: stop.clone(),
             tracker: self.tracker.clone(),
+            limits: self.context.limits.configure(&plan.name, &plan.limits),
         };
         tokio::spawn(accept.run());
         Bound { configured: plan.address, stop, limit }

@@ -135,7 +135,14 @@ pub async fn negotiate(downstream: Stream, dial: &Dialer<'_>, sides: &mut Sides)
         }
         // A cancel is authorized by its secret key, as PostgreSQL itself does; libpq
         // before 17 sends it in plaintext even for TLS sessions.
-        Startup::Cancel(message) => message,
+        Startup::Cancel(message) => {
+            // Each CancelRequest is a guess at a cancel key: limited per source address.
+            // Refused as PostgreSQL answers every cancel: by closing, without a word.
+            if let Some(gate) = &dial.cancels {
+                gate.admit()?;
+            }
+            message
+        }
         other => return Err(refuse(&mut client, "08P01", ConnError::client(format!("unexpected {other:?} after the TLS negotiation"))).await),
     };
     let mut server = match unless_client_gone(&client, connect_server(dial, sides)).await {
