@@ -6,17 +6,24 @@
 //! shut down (TLS: close_notify, then TCP FIN) and the opposite direction carries on, so
 //! half-close survives the hop. An error on either side ends both directions at once.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use crate::error::{ConnError, Op, Side};
 
-/// Size of each direction's copy buffer while data streams: one TLS record's worth of
-/// plaintext.
+/// Size of each direction's copy buffer once more than the idle buffer arrives at once:
+/// one TLS record's worth of plaintext (a database result set leaves in one record).
 const BUFFER_SIZE: usize = 16 * 1024;
+
+/// Size of the copy buffer while data streams (a read filled [`BUFFER_SIZE`]): four
+/// records, so a bulk transfer moves four records per read and per write syscall (one
+/// `writev` of four records on the TLS side) instead of one.
+const BULK_BUFFER_SIZE: usize = 64 * 1024;
 
 /// What an idle direction waits with. A connection spends most of its life waiting
 /// for the next query; holding 2 x 16 KiB for that made idle connections cost more than
@@ -124,10 +131,16 @@ where
 {
     let mut small = [0u8; IDLE_BUFFER_SIZE];
     let mut large: Vec<u8> = Vec::new();
+    // An error met while topping up the buffer, reported once what came before it is written.
+    let mut deferred: Option<std::io::Error> = None;
     loop {
         activity.touch();
-        let buffer: &mut [u8] = if large.is_empty() { &mut small } else { &mut large };
-        let n = match reader.read(buffer).await {
+        let read = match deferred.take() {
+            Some(e) => Err(e),
+            None if large.is_empty() => reader.read(&mut small).await,
+            None => reader.read(&mut large).await,
+        };
+        let mut n = match read {
             Ok(0) => break,
             Ok(n) => {
                 // Only bytes make a connection active for overload: a relay that just
@@ -142,12 +155,33 @@ where
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && activity.finished.load(Ordering::Relaxed) > 0 => break,
             Err(source) => return Err(ConnError::Relay { side: from, op: Op::Read, source }),
         };
-        let streaming = n == buffer.len();
-        writer.write_all(&buffer[..n]).await.map_err(|source| ConnError::Relay { side: to, op: Op::Write, source })?;
-        moved.fetch_add(n as u64, Ordering::Relaxed);
-        if streaming && large.is_empty() {
+        if large.is_empty() && n == IDLE_BUFFER_SIZE {
+            // More than the idle buffer holds has arrived (a result set, say): move to the
+            // large buffer now, so all of it leaves in one write (one TLS record) rather
+            // than a small write ahead of the rest.
             large = vec![0u8; BUFFER_SIZE];
-        } else if !streaming && n < IDLE_BUFFER_SIZE {
+            large[..n].copy_from_slice(&small[..n]);
+        } else if n == BUFFER_SIZE && large.len() == BUFFER_SIZE {
+            large.resize(BULK_BUFFER_SIZE, 0);
+        }
+        if !large.is_empty() {
+            // A TLS reader hands over one record per read; take what else is already
+            // here (more records, more TCP data) into the same write.
+            while n < large.len() {
+                match read_now(reader, &mut large[n..]) {
+                    Some(Ok(0)) | None => break,
+                    Some(Ok(more)) => n += more,
+                    Some(Err(e)) => {
+                        deferred = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        let data = if large.is_empty() { &small[..n] } else { &large[..n] };
+        writer.write_all(data).await.map_err(|source| ConnError::Relay { side: to, op: Op::Write, source })?;
+        moved.fetch_add(n as u64, Ordering::Relaxed);
+        if n < IDLE_BUFFER_SIZE {
             large = Vec::new();
         }
     }
@@ -158,6 +192,18 @@ where
         // The peer may already be gone after its own close; the data was delivered.
         Err(e) if e.kind() == std::io::ErrorKind::NotConnected => Ok(()),
         Err(source) => Err(ConnError::Relay { side: to, op: Op::Shutdown, source }),
+    }
+}
+
+/// One read that does not wait: what `reader` has ready now, `None` when it would wait.
+/// The no-op waker is harmless: the next read that does wait registers the task's own.
+fn read_now<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut read = ReadBuf::new(buf);
+    match Pin::new(reader).poll_read(&mut cx, &mut read) {
+        Poll::Ready(Ok(())) => Some(Ok(read.filled().len())),
+        Poll::Ready(Err(e)) => Some(Err(e)),
+        Poll::Pending => None,
     }
 }
 
@@ -216,6 +262,64 @@ mod tests {
         let mut rest = Vec::new();
         client_read.read_to_end(&mut rest).await.unwrap();
         assert_eq!(relay.await.unwrap().unwrap().0, data.len() as u64 + 4);
+    }
+
+    /// A stream that records the size of every write it is given.
+    struct CountingWrites {
+        inner: tokio::io::DuplexStream,
+        writes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl AsyncRead for CountingWrites {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountingWrites {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if let Poll::Ready(Ok(n)) = written {
+                self.writes.lock().unwrap().push(n);
+            }
+            written
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_larger_than_the_idle_buffer_leaves_in_one_write() {
+        let (mut client, down) = duplex(256 * 1024);
+        let (up, mut server) = duplex(256 * 1024);
+        let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let up = CountingWrites { inner: up, writes: writes.clone() };
+        // Both arrive before the relay reads: a small query, then (after it is read) a
+        // result set of several idle buffers that is already all there.
+        client.write_all(b"q").await.unwrap();
+        let relay = tokio::spawn(async move {
+            let moved = Moved::default();
+            relay(down, up, Duration::from_secs(60), &moved).await.map(|()| moved.get())
+        });
+        let mut first = [0u8; 1];
+        server.read_exact(&mut first).await.unwrap();
+        let result_set = vec![7u8; 5 * IDLE_BUFFER_SIZE + 17];
+        client.write_all(&result_set).await.unwrap();
+        let mut received = vec![0u8; result_set.len()];
+        server.read_exact(&mut received).await.unwrap();
+        assert_eq!(received, result_set);
+        assert_eq!(*writes.lock().unwrap(), vec![1, result_set.len()], "one write for the query, one for the whole result set");
+        client.shutdown().await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(relay.await.unwrap().unwrap(), (1 + result_set.len() as u64, 0));
     }
 
     #[tokio::test(start_paused = true)]
