@@ -375,7 +375,10 @@ async fn accept_tls(
     record: &mut ConnectionRecord,
 ) -> Result<(Stream, Arc<Route>), ConnError> {
     let timed_out = || ConnError::HandshakeTimeout(routing.handshake_timeout);
-    let start = timeout_at(deadline, LazyConfigAcceptor::new(Acceptor::default(), tcp)).await.map_err(|_| timed_out())?.map_err(ConnError::ClientHello)?;
+    let start = timeout_at(deadline, LazyConfigAcceptor::new(Acceptor::default(), crate::stream::ReadAhead::new(tcp)))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(ConnError::ClientHello)?;
     let sni = start.client_hello().server_name().map(str::to_owned);
     record.sni = sni.clone();
     let Some(entry) = routing.select(sni.as_deref()) else {

@@ -110,7 +110,7 @@ impl Dialer<'_> {
             _ => origination.server_name.clone(),
         };
         let failed = |reason: String| UpstreamError::Tls { addr, sni: server_name.to_str().into_owned(), reason };
-        let result = match handshake(origination, server_name.clone(), tcp, route.connect_timeout).await {
+        let result = match handshake(origination, server_name.clone(), crate::stream::ReadAhead::new(tcp), route.connect_timeout).await {
             Ok(tls) => Ok(Either::Right(tls.into())),
             Err(reason) => Err(failed(reason)),
         };
@@ -125,14 +125,14 @@ impl Dialer<'_> {
 /// The origination handshake alone, within `limit`: what a connection and a `tls`
 /// health check both do, sending and verifying `server_name`. The error is the reason
 /// in words.
-pub async fn handshake(
+pub async fn handshake<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     origination: &crate::route::Origination,
     server_name: ServerName<'static>,
-    tcp: TcpStream,
+    io: IO,
     limit: std::time::Duration,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+) -> Result<tokio_rustls::client::TlsStream<IO>, String> {
     let connector = TlsConnector::from(origination.config.clone());
-    let handshake = connector.connect(server_name, tcp);
+    let handshake = connector.connect(server_name, io);
     match timeout(limit, handshake).await {
         Ok(Ok(tls)) => Ok(tls),
         Ok(Err(e)) => Err(crate::tls::describe(&e)),

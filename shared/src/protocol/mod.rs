@@ -75,7 +75,10 @@ async fn nothing_pending(tcp: &TcpStream, who: &str) -> Result<(), ConnError> {
 /// the client's identity.
 async fn accept_client_tls(route: &Route, tcp: TcpStream, sides: &mut Sides) -> Result<Stream, ConnError> {
     let config = route.downstream_ssl.server.clone().expect("TLS is only offered with a server config");
-    let tls = TlsAcceptor::from(config).accept(tcp).await.map_err(|source| ConnError::ProtocolHandshake { protocol: route.protocol.as_str(), source })?;
+    let tls = TlsAcceptor::from(config)
+        .accept(crate::stream::ReadAhead::new(tcp))
+        .await
+        .map_err(|source| ConnError::ProtocolHandshake { protocol: route.protocol.as_str(), source })?;
     sides.identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(Identity::from_cert);
     sides.downstream_tls = true;
     Ok(Either::Right(tls.into()))
