@@ -316,7 +316,12 @@ pub fn server_config(policy: &TlsPolicy, mode: TlsMode, key: Arc<CertifiedKey>, 
         Some(verifier) => builder.with_client_cert_verifier(verifier.clone()),
         None => builder.with_no_client_auth(),
     };
-    Ok(Terminating { config: Arc::new(builder.with_cert_resolver(Arc::new(Fixed(key)))), verifier })
+    let mut config = builder.with_cert_resolver(Arc::new(Fixed(key)));
+    // The listener's order decides, not the client's: OpenSSL, Go and rustls clients all
+    // offer AES-256-GCM-SHA384 first, whose SHA-384 key schedule has no SHA extensions
+    // to run on (see `default_suites`); `cipher_suites` is the server's preference order.
+    config.ignore_client_order = true;
+    Ok(Terminating { config: Arc::new(config), verifier })
 }
 
 /// A server config that can only refuse: its resolver has no certificate, so rustls
@@ -494,5 +499,59 @@ struct NoCertificate;
 impl ResolvesServerCert for NoCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full in-memory handshake; the suite it settled on.
+    fn negotiate(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> rustls::CipherSuite {
+        let name = ServerName::try_from("db.strait.test").unwrap();
+        let mut client = rustls::ClientConnection::new(client, name).unwrap();
+        let mut server = rustls::ServerConnection::new(server).unwrap();
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            client.write_tls(&mut wire).unwrap();
+            server.read_tls(&mut wire.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            let mut wire = Vec::new();
+            server.write_tls(&mut wire).unwrap();
+            client.read_tls(&mut wire.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!server.is_handshaking(), "the handshake did not finish");
+        server.negotiated_cipher_suite().unwrap().suite()
+    }
+
+    #[test]
+    fn the_listener_order_decides_the_suite_not_the_client_order() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db.strait.test".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let certified = Arc::new(CertifiedKey::from_der(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(key.serialize_der().into()), &provider()).unwrap());
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        // rustls' own default order, like OpenSSL's, puts AES-256-GCM-SHA384 first.
+        let client = Arc::new(
+            ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots).with_no_client_auth(),
+        );
+        assert_eq!(client.crypto_provider().cipher_suites[0].suite(), rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+        let no_trust = ClientTrust { ca: None, trust_domains: None, crl: None };
+        let server = server_config(&TlsPolicy::default(), TlsMode::Simple, certified.clone(), &no_trust).unwrap().config;
+        assert_eq!(negotiate(server, client.clone()), rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        // An operator's list is the order too.
+        let chacha_first = TlsPolicy {
+            cipher_suites: Some(vec![
+                crate::config::CipherSuite(rustls::crypto::aws_lc_rs::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256),
+                crate::config::CipherSuite(rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384),
+            ]),
+            ..TlsPolicy::default()
+        };
+        let server = server_config(&chacha_first, TlsMode::Simple, certified, &no_trust).unwrap().config;
+        assert_eq!(negotiate(server, client), rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
     }
 }
