@@ -763,6 +763,13 @@ if want pair || want hbone; then
     fail "Envoy is not installed in $venv (run without SKIP_INSTALL=1)"
 fi
 [ -x "$load" ] || fail "$load is missing: cargo build --release --workspace"
+# What SKIP_INSTALL=1 assumes is there, checked now rather than 15 minutes in.
+tools=(taskset sysbench mariadbd openssl curl)
+want pair && tools+=(haproxy python3)
+want db && tools+=(pgbench pgbouncer setpriv psql)
+for tool in "${tools[@]}"; do
+  command -v "$tool" >/dev/null || fail "$tool is missing: run e2e/bench.sh without SKIP_INSTALL=1 (it installs it), or apt-get install it"
+done
 
 for port in $(seq "$base" "$last_port"); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
