@@ -37,7 +37,7 @@
 # CONN_CONCURRENCY, IDLE_CONNS, SYSBENCH_TIME, SYSBENCH_THREADS, SYSBENCH_TABLE_SIZE,
 # PGBENCH_TIME, PGBENCH_CLIENTS, PGBENCH_JOBS, PGBENCH_SCALE, PGBENCH_CONN_TIME,
 # PGBENCH_CONN_CLIENTS, BENCH_PORT_BASE (ports BASE..BASE+79 on 127.0.0.1),
-# SKIP_INSTALL=1 (no installs, no build), BENCH_ONLY=pair|db|hbone (one part only; default: all).
+# SKIP_INSTALL=1 (no installs, no build), BENCH_ONLY=pair|db|hbone|ops (one part only; default: all).
 #
 # Output: target/bench/report.md (printed at the end), target/bench/results.tsv (every
 # sample), and the configs and logs of the last run in target/bench/run/. BENCH_ONLY=db
@@ -64,7 +64,7 @@ PGBENCH_SCALE=${PGBENCH_SCALE:-1}
 PGBENCH_CONN_TIME=${PGBENCH_CONN_TIME:-5}
 PGBENCH_CONN_CLIENTS=${PGBENCH_CONN_CLIENTS:-1}
 BENCH_ONLY=${BENCH_ONLY:-all}
-case $BENCH_ONLY in all | pair | db | hbone) ;; *) echo "BENCH_ONLY must be pair, db or hbone (or unset for all)" >&2; exit 2 ;; esac
+case $BENCH_ONLY in all | pair | db | hbone | ops) ;; *) echo "BENCH_ONLY must be pair, db, hbone or ops (or unset for all)" >&2; exit 2 ;; esac
 want() { [ "$BENCH_ONLY" = all ] || [ "$BENCH_ONLY" = "$1" ]; } # PART: pair | db
 ENVOY_VERSION=1.40.0
 HOST=db.strait.test
@@ -72,11 +72,13 @@ HOST=db.strait.test
 out=$PWD/target/bench
 [ "$BENCH_ONLY" = db ] && out=$out/db
 [ "$BENCH_ONLY" = hbone ] && out=$out/hbone
+[ "$BENCH_ONLY" = ops ] && out=$out/ops
 out=${BENCH_OUT:-$out}
 work=$out/run
 venv=$PWD/target/bench-venv
 bin=${BENCH_BIN:-$PWD/target/release} # BENCH_BIN=DIR: binaries from elsewhere (a before/after comparison)
 load=$bin/strait-load
+ops=$bin/strait-ops-bench
 results=$out/results.tsv
 
 # Below the kernel's ephemeral range (32768+ here), so no outgoing connection can hold them.
@@ -755,6 +757,32 @@ hbone_report() {
   echo "| bulk over one HBONE stream: CPU per GB within 1.25x of the direct transport | $br x | $(verdict "$br <= 1.25") |"
 }
 
+# ---------------------------------------------------------------- the operations section (issue 18)
+# strait-ops-bench starts its own pairs (release binaries, ports picked by the kernel):
+# reload latency under load (kubelet Secret swap -> new handshakes see the new leaf) and
+# the resident memory each gateway keeps after a flood of held connections closes.
+
+ops_bench() {
+  step "9. operations: reload latency under load (20 swaps), memory after 8,000 held connections close"
+  ops_reload=$(STRAIT_BIN_DIR="$bin" timeout --kill-after=5 600 "$ops" reload --rounds 20) || fail "strait-ops-bench reload failed"
+  ops_flood=$(STRAIT_BIN_DIR="$bin" timeout --kill-after=5 900 "$ops" flood --conns 8000 --settle 30) || fail "strait-ops-bench flood failed"
+}
+
+ops_report() {
+  local side
+  echo "## 9. Operations: reload latency and memory after a flood (issue 18)"
+  echo
+  echo "\`strait-ops-bench\` (e2e/src/bin/strait-ops-bench.rs), release binaries, the reference pair on its own CA in front of an echo server."
+  echo
+  echo "| measure | value | target |"
+  echo "|---|---|---|"
+  echo "| kubelet Secret swap -> a new handshake is served the new leaf, p50 / max over $(kv rounds "$ops_reload") swaps | $(kv p50_ms "$ops_reload") / $(kv max_ms "$ops_reload") ms | <= 25 ms |"
+  echo "| connections failed while swapping ($(kv load_conns "$ops_reload") made by 8 closed-loop clients) | $(kv load_failures "$ops_reload") | 0 |"
+  for side in egress ingress; do
+    echo "| $side RSS above its baseline after $(kv conns "$ops_flood") held connections closed: peak / 1 s / 5 s / 30 s | $(kv ${side}_peak_above_mib "$ops_flood") / $(kv ${side}_above_1s_mib "$ops_flood") / $(kv ${side}_above_5s_mib "$ops_flood") / $(kv ${side}_above_end_mib "$ops_flood") MiB (baseline $(kv ${side}_baseline_mib "$ops_flood") MiB) | <= 16 MiB |"
+  done
+}
+
 # ---------------------------------------------------------------- the run
 
 [ "${SKIP_INSTALL:-}" = 1 ] || install
@@ -882,6 +910,7 @@ fi
 
 if want db; then db_bench; fi
 if want hbone; then hbone_bench; fi
+if want ops; then ops_bench; fi
 
 # ---------------------------------------------------------------- the report
 
@@ -1131,6 +1160,10 @@ report=$out/report.md
   if want all; then echo; fi
   if want db; then db_report; fi
   if want hbone; then hbone_report; fi
+  if want ops; then
+    if want all; then echo; fi
+    ops_report
+  fi
 } >"$report"
 step "report: $report"
 cat "$report"
