@@ -11,6 +11,21 @@ use sha2::{Digest, Sha256};
 
 use crate::serve_each;
 
+/// `size` pseudo-random bytes (xorshift64*), different for every `seed`: payloads that
+/// differ per client, so a crossed stream cannot go unnoticed.
+pub fn payload(seed: u64, size: usize) -> Vec<u8> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (seed + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut out = Vec::with_capacity(size);
+    while out.len() < size {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(size);
+    out
+}
+
 /// What [`DigestServer`] answers for `data`: 32 bytes of SHA-256, then the length as a
 /// big-endian u64.
 pub fn digest_reply(data: &[u8]) -> Vec<u8> {

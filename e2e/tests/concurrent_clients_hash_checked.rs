@@ -4,26 +4,12 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use strait_e2e::digest::{digest_reply, DigestServer};
+use strait_e2e::digest::{digest_reply, payload, DigestServer};
 use strait_e2e::*;
 
 const CLIENTS: usize = 100;
 const SIZE: usize = 1024 * 1024;
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// `SIZE` pseudo-random bytes (xorshift64*), different for every `seed`.
-fn payload(seed: u64) -> Vec<u8> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (seed + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
-    let mut out = Vec::with_capacity(SIZE);
-    while out.len() < SIZE {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(SIZE);
-    out
-}
 
 #[test]
 fn hundred_concurrent_clients_each_get_their_own_digest() {
@@ -39,7 +25,7 @@ fn hundred_concurrent_clients_each_get_their_own_digest() {
         let done = done.clone();
         let barrier = barrier.clone();
         std::thread::spawn(move || {
-            let data = payload(client as u64);
+            let data = payload(client as u64, SIZE);
             let expected = digest_reply(&data);
             // All connect together, so the streams really overlap in the gateways.
             barrier.wait();

@@ -8,27 +8,13 @@
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use strait_e2e::digest::{digest_reply, DigestServer};
+use strait_e2e::digest::{digest_reply, payload, DigestServer};
 use strait_e2e::hbone::{pool_connections_opened, wait_for_access_lines, HbonePair};
 use strait_e2e::*;
 
 const CLIENTS: usize = 100;
 const SIZE: usize = 256 * 1024;
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// `SIZE` pseudo-random bytes (xorshift64*), different for every `seed`.
-fn payload(seed: u64) -> Vec<u8> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (seed + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
-    let mut out = Vec::with_capacity(SIZE);
-    while out.len() < SIZE {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(SIZE);
-    out
-}
 
 #[test]
 fn hundred_concurrent_streams_over_one_pool_connection_each_get_their_digest() {
@@ -41,7 +27,7 @@ fn hundred_concurrent_streams_over_one_pool_connection_each_get_their_digest() {
     let (done, results) = mpsc::channel();
     let barrier = Arc::new(Barrier::new(CLIENTS + 1));
     // Payloads first: the pool's idle timer must not run while they are being made.
-    let payloads: Vec<Vec<u8>> = (0..CLIENTS).map(|client| payload(client as u64)).collect();
+    let payloads: Vec<Vec<u8>> = (0..CLIENTS).map(|client| payload(client as u64, SIZE)).collect();
     for (client, data) in payloads.into_iter().enumerate() {
         let (done, barrier) = (done.clone(), barrier.clone());
         std::thread::spawn(move || {
