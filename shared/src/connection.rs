@@ -169,7 +169,7 @@ async fn serve(mut tcp: TcpStream, context: &Arc<Context>, record: &mut Connecti
         // an idle connection's task does not carry it.
         Routing::Tls(routing) => Box::pin(accept(tcp, routing, record)).await?,
         // Each stream is a connection of its own, with its own record.
-        Routing::Hbone(routing) => return Box::pin(hbone::serve(tcp, plan.clone(), routing, context.clone(), record)).await,
+        Routing::Hbone(routing) => return Box::pin(hbone::serve(tcp, plan.clone(), routing, context.clone(), record, watch)).await,
     };
     let tls_at_listener = record.sides.downstream_tls;
     if tls_at_listener {

@@ -169,8 +169,12 @@ impl LiveConnections {
             let (end_entity, intermediates) = (&conn.chain[0], &conn.chain[1..]);
             let (side, verdict) = match &conn.peer {
                 Peer::Client { sni } => {
-                    let Routing::Tls(routing) = &plan.routing else { continue };
-                    let Some(verifier) = routing.select(sni.as_deref()).and_then(|e| e.verifier.as_ref()) else { continue };
+                    let verifier = match &plan.routing {
+                        Routing::Tls(routing) => routing.select(sni.as_deref()).and_then(|e| e.verifier.as_ref()),
+                        Routing::Hbone(routing) => routing.verifier.as_ref(),
+                        Routing::Plain(_) => None,
+                    };
+                    let Some(verifier) = verifier else { continue };
                     ("client", verifier.verify_client_cert(end_entity, intermediates, now).map(|_| ()))
                 }
                 Peer::ProtocolClient { route } => {

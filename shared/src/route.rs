@@ -122,6 +122,9 @@ pub struct HboneRouting {
     pub by_host: HashMap<String, Arc<Route>>,
     /// The listener's certificate and client verification, with ALPN h2.
     pub server: Arc<ServerConfig>,
+    /// The client verifier inside `server`, to verify a live connection's client chain
+    /// again after a trust change ([`crate::recheck`]).
+    pub verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 }
 
 impl HboneRouting {
@@ -511,7 +514,7 @@ fn build_hbone_routing(
             by_host.insert(host.to_ascii_lowercase(), route.clone());
         }
     }
-    Some(HboneRouting { by_host, server: tls::with_alpn(&server.config, crate::hbone::ALPN_H2) })
+    Some(HboneRouting { by_host, server: tls::with_alpn(&server.config, crate::hbone::ALPN_H2), verifier: server.verifier })
 }
 
 #[cfg(test)]

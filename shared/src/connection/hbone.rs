@@ -42,6 +42,7 @@ pub(super) async fn serve(
     routing: &HboneRouting,
     context: Arc<Context>,
     record: &mut ConnectionRecord,
+    watch: &mut super::Watch,
 ) -> Result<(), ConnError> {
     record.protocol = "hbone";
     let local = tcp.local_addr().unwrap_or(record.downstream);
@@ -49,6 +50,11 @@ pub(super) async fn serve(
     record.sides.identity = session.identity.clone();
     record.sides.downstream_tls = true;
     record.sni = session.sni.clone();
+    // The whole connection (every stream on it) is cut when a reload's trust no longer
+    // verifies the client's chain.
+    if !session.chain.is_empty() {
+        watch.register(crate::recheck::Peer::Client { sni: session.sni.clone() }, Some(&session.chain));
+    }
     let shared = Arc::new(Shared { plan, context, peer: record.downstream, local, session });
     let draining = shared.context.draining.clone();
     connection

@@ -31,6 +31,8 @@ pub struct Session {
     pub identity: Option<Identity>,
     /// The SNI the client sent, if any.
     pub sni: Option<String>,
+    /// The client's certificate chain, to verify again when a reload changes the trust.
+    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 /// An accepted HBONE connection, ready to serve its streams.
@@ -53,8 +55,11 @@ pub async fn accept(tcp: TcpStream, server: Arc<ServerConfig>, limit: Duration) 
         Err(_) => return Err(ConnError::HandshakeTimeout(limit)),
     };
     let (_, state) = tls.get_ref();
-    let session =
-        Session { identity: state.peer_certificates().and_then(|chain| chain.first()).map(Identity::from_cert), sni: state.server_name().map(str::to_owned) };
+    let session = Session {
+        identity: state.peer_certificates().and_then(|chain| chain.first()).map(Identity::from_cert),
+        sni: state.server_name().map(str::to_owned),
+        chain: state.peer_certificates().map(<[_]>::to_vec).unwrap_or_default(),
+    };
     let mut builder = h2::server::Builder::new();
     builder
         .initial_window_size(STREAM_WINDOW)
