@@ -128,7 +128,9 @@ impl Overload {
     /// whole process), each idle at least [`MIN_IDLE`]; returns (listener, idle) of each.
     pub fn shed_idlest(&self, listener: Option<&str>, count: usize, why: &'static str) -> Vec<(Arc<str>, Duration)> {
         let mut idle: Vec<(Duration, Arc<Relaying>)> =
-            self.snapshot(listener).into_iter().map(|r| (r.idle_for(), r)).filter(|(idle, _)| *idle >= MIN_IDLE).collect();
+            // One already cut but still closing is no candidate: picking it again would free
+            // nothing, and under a burst of arrivals every arrival would be refused.
+            self.snapshot(listener).into_iter().filter(|r| !r.cut.is_closed()).map(|r| (r.idle_for(), r)).filter(|(idle, _)| *idle >= MIN_IDLE).collect();
         // The `count` idlest, without sorting them all: this runs at every arrival at a
         // full listener.
         if count < idle.len() {
@@ -244,5 +246,23 @@ mod tests {
         drop((oldest, older, other_listener, active));
         assert!(overload.is_empty(), "registrations leave with their connections");
         assert!(overload.fd_pressure() > 0.0);
+    }
+
+    #[test]
+    fn one_still_closing_is_not_picked_again() {
+        let overload = Arc::new(Overload::default());
+        let conn = || {
+            let cut = Arc::new(Cut::default());
+            let registration = overload.register(Arc::from("a"), Arc::new(Moved::default()), Duration::from_secs(3600), cut.clone());
+            (cut, registration)
+        };
+        let (oldest, older) = (conn(), conn());
+        std::thread::sleep(MIN_IDLE);
+        assert_eq!(overload.shed_idlest(Some("a"), 1, "test").len(), 1);
+        // The oldest is cut but its task has not ended yet (still registered): the next
+        // arrival must make room with the next idlest, not with it again.
+        assert_eq!(overload.shed_idlest(Some("a"), 1, "test").len(), 1, "the next arrival freed a place too");
+        assert!(!older.0.close(CutReason::Trust(String::new())), "the older one was cut second");
+        drop((oldest, older));
     }
 }

@@ -80,6 +80,11 @@ impl Cut {
         self.reason.get().cloned().unwrap_or(CutReason::Trust(String::new()))
     }
 
+    /// Whether the connection was already asked to close (it may still be closing).
+    pub fn is_closed(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
     /// Asks the connection to close; `false` if it was already asked.
     pub fn close(&self, reason: CutReason) -> bool {
         let first = self.reason.set(reason).is_ok();
