@@ -26,6 +26,16 @@ pub fn payload(seed: u64, size: usize) -> Vec<u8> {
     out
 }
 
+/// Sends `data` through `port` to a [`DigestServer`] and checks its answer; the error
+/// says what came back instead.
+pub fn exchange_checked(port: u16, data: &[u8], limit: std::time::Duration) -> Result<(), String> {
+    match crate::exchange_within(port, data, limit) {
+        Ok(reply) if reply == digest_reply(data) => Ok(()),
+        Ok(reply) => Err(format!("wrong reply ({} bytes): {:02x?}", reply.len(), reply)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// What [`DigestServer`] answers for `data`: 32 bytes of SHA-256, then the length as a
 /// big-endian u64.
 pub fn digest_reply(data: &[u8]) -> Vec<u8> {

@@ -4,7 +4,7 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use strait_e2e::digest::{digest_reply, payload, DigestServer};
+use strait_e2e::digest::{exchange_checked, payload, DigestServer};
 use strait_e2e::*;
 
 const CLIENTS: usize = 100;
@@ -26,14 +26,9 @@ fn hundred_concurrent_clients_each_get_their_own_digest() {
         let barrier = barrier.clone();
         std::thread::spawn(move || {
             let data = payload(client as u64, SIZE);
-            let expected = digest_reply(&data);
             // All connect together, so the streams really overlap in the gateways.
             barrier.wait();
-            let outcome = match exchange_within(port, &data, LIMIT) {
-                Ok(reply) if reply == expected => Ok(()),
-                Ok(reply) => Err(format!("wrong reply ({} bytes): {:02x?}", reply.len(), reply)),
-                Err(e) => Err(e.to_string()),
-            };
+            let outcome = exchange_checked(port, &data, LIMIT);
             let _ = done.send((client, outcome));
         });
     }

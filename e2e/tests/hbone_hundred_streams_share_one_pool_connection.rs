@@ -8,7 +8,7 @@
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use strait_e2e::digest::{digest_reply, payload, DigestServer};
+use strait_e2e::digest::{digest_reply, exchange_checked, payload, DigestServer};
 use strait_e2e::hbone::{pool_connections_opened, wait_for_access_lines, HbonePair};
 use strait_e2e::*;
 
@@ -31,13 +31,8 @@ fn hundred_concurrent_streams_over_one_pool_connection_each_get_their_digest() {
     for (client, data) in payloads.into_iter().enumerate() {
         let (done, barrier) = (done.clone(), barrier.clone());
         std::thread::spawn(move || {
-            let expected = digest_reply(&data);
             barrier.wait();
-            let outcome = match exchange_within(port, &data, LIMIT) {
-                Ok(reply) if reply == expected => Ok(()),
-                Ok(reply) => Err(format!("wrong reply ({} bytes): {:02x?}", reply.len(), reply)),
-                Err(e) => Err(e.to_string()),
-            };
+            let outcome = exchange_checked(port, &data, LIMIT);
             let _ = done.send((client, outcome));
         });
     }
